@@ -1,5 +1,6 @@
 """The public functions: validation and dispatch here, arithmetic in the backends."""
 
+import functools
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -12,6 +13,17 @@ __all__ = ["softmax", "log_softmax", "logsumexp", "SoftmaxState", "partial_state
            "merge_states", "state_logsumexp", "softmax_from_state", "log_softmax_from_state"]
 
 _PY_SCALARS = (bool, int, float, complex)
+
+
+def _dask_aware(fn):
+    """Route calls holding a Dask array to the same-named function of ``_dask``."""
+    @functools.wraps(fn)
+    def dispatching(*args, **kwargs):
+        if _dispatch.holds_dask(*args, *kwargs.values()):
+            from . import _dask
+            return getattr(_dask, fn.__name__)(*args, **kwargs)
+        return fn(*args, **kwargs)
+    return dispatching
 
 
 def _is_bfloat16(dtype):
@@ -32,10 +44,10 @@ def _softmax_dtype(dtype):
     return dtype
 
 
-def _logsumexp_dtype(a, b, xp):
-    """``result_type(a, b, 1.0)``, with Python scalars weak as in NumPy 2."""
-    args = [x if isinstance(x, _PY_SCALARS) else xp.asarray(x).dtype for x in (a, b) if x is not None]
-    return np.result_type(*args, 1.0)
+def _logsumexp_dtype(pairs):
+    """``result_type(a, b, 1.0)`` from (given, as array) pairs, with Python scalars weak as in NumPy 2."""
+    return np.result_type(*(given if isinstance(given, _PY_SCALARS) else array.dtype
+                            for given, array in pairs if given is not None), 1.0)
 
 
 def _backend_for(dtype, backend):
@@ -51,7 +63,7 @@ def _weighted_layout(a, b, axis, xp):
     """Shared prelude of logsumexp and partial_state: arrays, dtype and layout."""
     a_array = _as_array(a, xp, "a")
     b_array = None if b is None else _as_array(b, xp, "b")
-    dtype = _logsumexp_dtype(a, b, xp)
+    dtype = _logsumexp_dtype(((a, a_array), (b, b_array)))
     a, b = a_array, b_array
     if b is not None:
         try:
@@ -68,6 +80,7 @@ def _weighted_layout(a, b, axis, xp):
     return layout, b3, dtype
 
 
+@_dask_aware
 def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False):
     r"""Compute the log of the sum of exponentials of input elements.
 
@@ -152,6 +165,7 @@ def _softmax(x, axis, log):
     return layout.restore(out3, xp).reshape(x.shape)[()]
 
 
+@_dask_aware
 def softmax(x, axis=None):
     r"""Compute the softmax function.
 
@@ -198,6 +212,7 @@ def softmax(x, axis=None):
     return _softmax(x, axis, log=False)
 
 
+@_dask_aware
 def log_softmax(x, axis=None):
     r"""Compute the logarithm of the softmax function.
 
@@ -249,6 +264,7 @@ class SoftmaxState(NamedTuple):
     sum: Any
 
 
+@_dask_aware
 def partial_state(x, axis=-1, b=None):
     r"""The (m, s) state of a chunk of data along `axis`.
 
@@ -314,6 +330,7 @@ def _flat_state_parts(states, xp):
     return m_parts, s_parts, shape
 
 
+@_dask_aware
 def merge_states(*states):
     r"""Merge states of disjoint chunks into the state of their union.
 
@@ -349,6 +366,7 @@ def merge_states(*states):
     return SoftmaxState(m.reshape(shape), s.reshape(shape))
 
 
+@_dask_aware
 def state_logsumexp(state, return_sign=False):
     r"""The log-sum-exp of a state: ``shift + log|s|``.
 
@@ -402,6 +420,7 @@ def _from_state(x, state, axis, log):
     return layout.restore(out3, xp)[()]
 
 
+@_dask_aware
 def softmax_from_state(x, state, axis=-1):
     r"""Softmax of a chunk against the state of all the data.
 
@@ -437,6 +456,7 @@ def softmax_from_state(x, state, axis=-1):
     return _from_state(x, state, axis, log=False)
 
 
+@_dask_aware
 def log_softmax_from_state(x, state, axis=-1):
     r"""Log-softmax of a chunk against the state of all the data.
 

@@ -12,6 +12,16 @@ def _cupy_ndarray_type():
     return None if cupy is None else cupy.ndarray
 
 
+def holds_dask(*values):
+    """Whether any value, or any field of a state among them, is a Dask array."""
+    dask_array = sys.modules.get("dask.array")
+    if dask_array is None:
+        return False
+    return any(isinstance(v, dask_array.Array) or
+               (isinstance(v, tuple) and any(isinstance(f, dask_array.Array) for f in v))
+               for v in values)
+
+
 def _is_foreign_array(x):
     return any(hasattr(x, attr) for attr in
                ("__array_namespace__", "__dlpack__", "__cuda_array_interface__", "__array__"))

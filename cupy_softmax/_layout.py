@@ -61,7 +61,7 @@ class Canonical:
         if self.perm is None:
             return out3.reshape(self.shape)
         moved = out3.reshape(tuple(self.shape[ax] for ax in self.perm))
-        return xp.ascontiguousarray(moved.transpose(np.argsort(self.perm)))
+        return xp.ascontiguousarray(moved.transpose(tuple(np.argsort(self.perm).tolist())))
 
     def reduced_shape(self, keepdims):
         if keepdims:

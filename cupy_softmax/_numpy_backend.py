@@ -51,17 +51,13 @@ def _blocks(n, rows):
 
 
 def _tile_state(x3, b3, o, i, rows, acc, xp):
-    """State of one column tile, shape (outers, 1, cols)."""
+    """State of one column tile, shape (outers, 1, cols); n > 0 (the front end handles n == 0)."""
     state = None
     for j in _blocks(x3.shape[1], rows):
         block = x3[o, j, i].astype(acc, copy=False)
         weights = None if b3 is None else b3[o, j, i]
         part = _state.block_state(block, axis=1, b=weights, xp=xp)
         state = part if state is None else _state.merge_pair(*state, *part, xp=xp)
-    if state is None:  # n == 0: the empty state
-        shape = (len(range(*o.indices(x3.shape[0]))), 1, len(range(*i.indices(x3.shape[2]))))
-        real = xp.empty(0, acc).real.dtype
-        state = xp.full(shape, -np.inf, real), xp.zeros(shape, acc)
     return state
 
 
