@@ -45,9 +45,21 @@ def _softmax_dtype(dtype):
 
 
 def _logsumexp_dtype(pairs):
-    """``result_type(a, b, 1.0)`` from (given, as array) pairs, with Python scalars weak as in NumPy 2."""
-    return np.result_type(*(given if isinstance(given, _PY_SCALARS) else array.dtype
-                            for given, array in pairs if given is not None), 1.0)
+    """``result_type(a, b, 1.0)`` from (given, as array) pairs, with Python scalars weak as in NumPy 2.
+
+    bfloat16 promotes as float16 does (so a Python float keeps it), and the two
+    16-bit types together give float32.
+    """
+    args = [given if isinstance(given, _PY_SCALARS) else array.dtype
+            for given, array in pairs if given is not None]
+    bfloat16 = [arg for arg in args if isinstance(arg, np.dtype) and _is_bfloat16(arg)]
+    if not bfloat16:
+        return np.result_type(*args, 1.0)
+    as_half = [np.dtype(np.float16) if arg in bfloat16 else arg for arg in args]
+    result = np.result_type(*as_half, 1.0)
+    if result != np.float16:
+        return result
+    return np.dtype(np.float32) if np.dtype(np.float16) in args else bfloat16[0]
 
 
 def _backend_for(dtype, backend):

@@ -88,12 +88,13 @@ def _write_partial(block, work, dest, log, xp, m_given=None):
             if not log:
                 xp.exp(work, out=work)
     if work is not dest:
-        dest[...] = work
+        with np.errstate(over="ignore"):  # a float32 value past the 16-bit range is rightly inf
+            dest[...] = work
     return state
 
 
 def _correct(dest, m_block, m, s, log, xp):
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         if log:
             dest -= _state.log_softmax_block_offset(m_block, m, s, xp)
         else:

@@ -96,7 +96,9 @@ def logsumexp_of(m, s, return_sign, xp=np):
                 magnitude = xp.abs(s)
                 sign = xp.where(magnitude == 0, 0, s / xp.where(magnitude == 0, 1, magnitude))
                 return shift(m, xp) + xp.log(magnitude), sign
-            return shift(m, xp) + xp.log(s), None
+            out = shift(m, xp) + xp.log(s)
+            # Rounding can leave the phase at -pi; the principal value lies in (-pi, pi].
+            return xp.where(out.imag == -np.pi, out.real + np.pi * 1j, out), None
         out = shift(m, xp) + xp.log(xp.abs(s))
         if return_sign:
             return out, xp.sign(s)
@@ -122,5 +124,5 @@ def softmax_block_factor(m_block, m, s, xp=np):
 
 def log_softmax_block_offset(m_block, m, s, xp=np):
     """Subtracted from ``x - shift(m_block)`` of one block, it gives log_softmax."""
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         return (shift(m, xp) - shift(m_block, xp)) + log_norm(s, xp)
