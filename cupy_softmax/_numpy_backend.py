@@ -37,6 +37,14 @@ def accumulation_dtype(dtype):
     return dtype
 
 
+def _sum_dtype(block):
+    """float64 sums for float32 blocks reduced along a strided axis (more than one
+    inner column): NumPy adds those term by term, and n terms would lose n ulps."""
+    if block.shape[2] > 1 and block.dtype in (np.float32, np.complex64):
+        return np.promote_types(block.dtype, np.float64)
+    return None
+
+
 def _column_tiles(outer, n, inner):
     cols = min(inner, max(1, TILE_ELEMENTS // _MIN_BLOCK_ROWS))
     rows = max(1, min(n, TILE_ELEMENTS // cols))
@@ -56,7 +64,7 @@ def _tile_state(x3, b3, o, i, rows, acc, xp):
     for j in _blocks(x3.shape[1], rows):
         block = x3[o, j, i].astype(acc, copy=False)
         weights = None if b3 is None else b3[o, j, i]
-        part = _state.block_state(block, axis=1, b=weights, xp=xp)
+        part = _state.block_state(block, axis=1, b=weights, xp=xp, sum_dtype=_sum_dtype(block))
         state = part if state is None else _state.merge_pair(*state, *part, xp=xp)
     return state
 
@@ -80,9 +88,10 @@ def _write_partial(block, work, dest, log, xp, m_given=None):
     state already known (then s is not needed and is None).
     """
     if m_given is None and not log:
-        state = _state.block_state(block, axis=1, xp=xp, terms=work)
+        state = _state.block_state(block, axis=1, xp=xp, terms=work, sum_dtype=_sum_dtype(block))
     else:
-        state = _state.block_state(block, axis=1, xp=xp) if m_given is None else (m_given, None)
+        state = (_state.block_state(block, axis=1, xp=xp, sum_dtype=_sum_dtype(block))
+                 if m_given is None else (m_given, None))
         with np.errstate(invalid="ignore", over="ignore"):
             xp.subtract(block, _state.shift(state[0], xp), out=work)
             if not log:

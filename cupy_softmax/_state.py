@@ -44,19 +44,31 @@ def shift(m, xp=np):
     return xp.where(xp.isfinite(m), m, 0)
 
 
+def scaled(s, factor, xp=np):
+    """``s * factor`` for a real factor; complex ``s`` is scaled part by part, so that
+    inf + 0j times 1 stays inf + 0j (as a complex product it would be inf + nanj)."""
+    if not xp.iscomplexobj(s):
+        return s * factor
+    out = (s.real * factor).astype(s.dtype)
+    out.imag = s.imag * factor
+    return out
+
+
 def rescale(m_part, m, xp=np):
     """Factor that moves a part's sum, taken at max ``m_part``, to max ``m``."""
     with np.errstate(invalid="ignore", over="ignore"):
         return xp.where(xp.isfinite(m), xp.exp(m_part - m), xp.exp(shift(m_part, xp)))
 
 
-def block_state(x, axis, b=None, xp=np, terms=None):
+def block_state(x, axis, b=None, xp=np, terms=None, sum_dtype=None):
     """State of the values of ``x`` along ``axis`` (a tuple), kept as size-1 dims.
 
     ``x`` is already in the accumulation dtype.  Elements with ``b == 0`` are
     masked out, even where ``x`` is inf or NaN.  Unweighted, the terms
     ``exp(x - shift(m))`` can be left in ``terms`` (an array shaped like ``x``),
-    where softmax finds its output up to a factor.
+    where softmax finds its output up to a factor.  ``sum_dtype`` widens the
+    sum where it runs along a strided axis, which NumPy adds one by one rather
+    than pairwise.
     """
     if b is not None:
         x = xp.where(b == 0, -xp.inf, x)
@@ -66,7 +78,7 @@ def block_state(x, axis, b=None, xp=np, terms=None):
         xp.exp(terms, out=terms)
         if b is not None:
             terms *= b
-        s = xp.sum(terms, axis=axis, keepdims=True)
+        s = xp.sum(terms, axis=axis, keepdims=True, dtype=sum_dtype).astype(terms.dtype, copy=False)
     return m, s
 
 
@@ -75,7 +87,7 @@ def merge(m, s, axis=0, xp=np):
     with np.errstate(invalid="ignore"):
         m_all = xp.max(m, axis=axis, keepdims=True)
     with np.errstate(invalid="ignore", over="ignore"):
-        s_all = xp.sum(s * rescale(m, m_all, xp), axis=axis)
+        s_all = xp.sum(scaled(s, rescale(m, m_all, xp), xp), axis=axis)
     return xp.squeeze(m_all, axis=axis), s_all
 
 
@@ -84,7 +96,7 @@ def merge_pair(m1, s1, m2, s2, xp=np):
     with np.errstate(invalid="ignore"):
         m = xp.maximum(m1, m2)
     with np.errstate(invalid="ignore", over="ignore"):
-        s = s1 * rescale(m1, m, xp) + s2 * rescale(m2, m, xp)
+        s = scaled(s1, rescale(m1, m, xp), xp) + scaled(s2, rescale(m2, m, xp), xp)
     return m, s
 
 
