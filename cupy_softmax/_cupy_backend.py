@@ -1,0 +1,427 @@
+"""CuPy backend: launches the kernels of kernels_cu/ on canonical 3-d views.
+
+The front end hands every function a view ``x3`` of shape (outer, n, inner), reduced
+over n, with any element strides (never written), and C-contiguous outputs that it
+allocated.  Which kernel and tile shape runs is decided here, from the size tables
+in ``_kernels.py``:
+
+* inner == 1 (rows): ``row_softmax`` holds a row (or a chunk of it) in registers;
+  rows longer than one block's chunk, or too few rows to fill the GPU, are split
+  over G blocks that exchange partial states (cooperative launch, mode 1).  Past
+  what the GPU can hold at once: state (``row_stats``), then normalise (mode 2).
+* inner > 1 (columns): ``col_softmax`` reads W consecutive columns coalesced and
+  walks n, split over G blocks in the same way when n is a few blocks long, and
+  state-then-normalise beyond (``K.COL_SPLIT_MAX``).
+* logsumexp / partial_state stream the input once (``row_stats`` / ``col_stats``);
+  few long slices are split into chunks whose states the last block merges.
+* merge_states / state_logsumexp: ``merge_states`` over stacked states.
+
+All launches go to CuPy's current stream.
+"""
+
+import functools
+
+import cupy
+
+from . import _kernels as K
+
+# Overrides of the size table, for benchmarks (bench/bench_gpu.py --sweep) and tests:
+#   "row_entry": (threads, ept) of a SPLIT_CHUNKS entry, forces split rows with it;
+#   "three_pass": True/False, forces (or, for columns, forbids) state-then-normalise;
+#   "col_R": rows per thread of col_softmax (one of COL_R); "stats_G": chunks per slice.
+TUNE = {}
+
+
+# ---------------------------------------------------------------------------------
+# helpers
+
+def _dtype_name(dtype):
+    name = dtype.name
+    if name not in K.DTYPES:
+        raise TypeError(f"cupy_softmax kernels do not support dtype {dtype}")
+    return name
+
+
+def _acc_dtype(dtype):
+    return cupy.float64 if dtype.itemsize == 8 else cupy.float32
+
+
+def _estrides(a):
+    isz = a.itemsize
+    return tuple(s // isz for s in a.strides)
+
+
+def _pow2_at_least(v):
+    v = max(1, int(v))
+    return 1 << (v - 1).bit_length()
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _ptr(a):
+    return 0 if a is None else a
+
+
+def _launch(dname, name, grid, threads, args, coop=False):
+    fn = K.get_function(dname, name)
+    if coop:
+        fn((grid,), (threads,), args, enable_cooperative_groups=True)
+    else:
+        fn((grid,), (threads,), args)
+
+
+def _resident(dname, name, threads):
+    return K.resident_blocks(K.get_function(dname, name), name, threads)
+
+
+_counter_bufs = {}   # (device, stream) -> zeroed uint32 counters, kept zero by the kernels
+
+
+def _counters(n):
+    """A buffer of >= n zero counters for kernels on the current stream.
+
+    Split kernels count their blocks in and the last one sets its counters back to
+    zero, so the buffer is zero again whenever the stream reaches the next launch:
+    no memset per call."""
+    key = (K._device(), cupy.cuda.get_current_stream().ptr)
+    buf = _counter_bufs.get(key)
+    if buf is None or buf.size < n:
+        buf = cupy.zeros(max(n, 4096), cupy.uint32)
+        _counter_bufs[key] = buf
+    return buf
+
+
+def _aligned(a, *elem_strides):
+    """16-byte aligned base and every given element stride a multiple of 16 bytes."""
+    if a.data.ptr % 16:
+        return False
+    return all((s * a.itemsize) % 16 == 0 for s in elem_strides)
+
+
+# ---------------------------------------------------------------------------------
+# rows (inner == 1)
+
+def _row_entry(itemsize, n):
+    for entry in K.ROW_TABLE[itemsize]:
+        if n <= entry[0]:
+            return entry
+    return None
+
+
+def _row_tpr(entry, n):
+    max_n, threads, ept, tpr = entry
+    return tpr if tpr else min(32, _pow2_at_least(_cdiv(n, ept)))
+
+
+def _tune_key():
+    return tuple(sorted(TUNE.items()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _row_softmax_plan(itemsize, rows, n, nsm, split_ok, tune):
+    """(threads, ept, tpr, G, split): G > 1 splits each row over G blocks (tpr == threads);
+    split: the instance with the exchange of partial states (mode 1)."""
+    tune = dict(tune)
+    chunks = K.SPLIT_CHUNKS[itemsize]
+    if "row_entry" in tune:                              # (threads, ept) of a split chunk
+        threads, ept = tune["row_entry"]
+        return threads, ept, threads, _cdiv(n, threads * ept), True
+    entry = _row_entry(itemsize, n)
+    few_rows = rows < nsm // 2 and n >= 4096
+    if entry is not None and not (split_ok and few_rows):
+        return entry[1], entry[2], _row_tpr(entry, n), 1, False
+    if not split_ok:                                     # normalise: chunks, no exchange
+        threads, ept = chunks[-1]
+        return threads, ept, threads, _cdiv(n, threads * ept), False
+    choice = chunks[0]
+    for c in reversed(chunks):
+        if rows * _cdiv(n, c[0] * c[1]) >= nsm:
+            choice = c
+            break
+    threads, ept = choice
+    return threads, ept, threads, _cdiv(n, threads * ept), True
+
+
+def _row_softmax(x3, out3, log, st_m=None, st_s=None):
+    """Softmax over rows; with st_m/st_s, normalise against that state (mode 2)."""
+    rows, n, _ = x3.shape
+    dname = _dtype_name(x3.dtype)
+    isz = x3.itemsize
+    xs0, xs1, _ = _estrides(x3)
+    nsm = K.sm_count()
+    vec_ok = xs1 == 1 and _aligned(x3, *((xs0,) if rows > 1 else ())) \
+        and _aligned(out3, *((n,) if rows > 1 else ()))
+    vec = K.vec_width(isz) if vec_ok else 1
+    external = st_m is not None
+    threads, ept, tpr, G, split = _row_softmax_plan(isz, rows, n, nsm, not external, _tune_key())
+    key = DTYPE_KEY[dname]
+    name = K.row_softmax_name(key, vec, threads, ept, split)
+    items = rows * G if tpr == threads else _cdiv(rows, threads // tpr)
+    if external:
+        args = (x3, xs0, xs1, out3, rows, n, tpr, G, 2, int(log), st_m, st_s, 0)
+        _launch(dname, name, items, threads, args)
+        return
+    if G == 1:
+        args = (x3, xs0, xs1, out3, rows, n, tpr, 1, 0, int(log), 0, 0, 0)
+        _launch(dname, name, items, threads, args)
+        return
+    resident = _resident(dname, name, threads)
+    if G <= resident and not TUNE.get("three_pass"):
+        acc = _acc_dtype(x3.dtype)
+        ws_m = cupy.empty(items, acc)
+        ws_s = cupy.empty(items, acc)
+        args = (x3, xs0, xs1, out3, rows, n, tpr, G, 1, int(log), ws_m, ws_s, _counters(2 * rows))
+        _launch(dname, name, min(items, resident), threads, args, coop=True)
+        return
+    # Too long to hold on the GPU at once: state, then normalise (reads the input twice).
+    acc = _acc_dtype(x3.dtype)
+    m = cupy.empty(rows, acc)
+    s = cupy.empty(rows, acc)
+    _row_stats(x3, None, rows, n, out_kind=0, om=m, os=s)
+    _row_softmax(x3, out3, log, m, s)
+
+
+@functools.lru_cache(maxsize=4096)
+def _row_stats_plan(itemsize, vec, has_b, rows, n, nsm, tune):
+    """(tpr, G, CH) for the streaming row kernels: a (sub-)warp per short row, a block
+    per long one; few long rows are split into G chunks of one pass each."""
+    per_thread = vec * K.stats_unroll(itemsize, vec, has_b)     # elements per pass
+    if n <= 8 * per_thread * 32 and rows >= 4 * nsm:
+        # (sub-)warp per row: one pass per lane for short rows, a few for longer ones
+        return min(32, _pow2_at_least(_cdiv(max(n, 1), per_thread))), 1, max(n, 1)
+    tpr = K.THREADS
+    per_pass = tpr * per_thread
+    G = 1
+    if rows < nsm // 2:                  # run 3's sweep: 128 long rows are faster unsplit
+        G = max(1, min(_cdiv(n, per_pass), _cdiv(2 * nsm, rows)))
+    G = dict(tune).get("stats_G", G)
+    CH = max(1, _cdiv(_cdiv(n, G), tpr * vec)) * tpr * vec
+    return tpr, max(1, _cdiv(n, CH)), CH
+
+
+def _row_stats(x3, b3, rows, n, out_kind, om=None, os=None, ov=None, osign=None):
+    """State (out_kind 0: om, os) or logsumexp (1: ov, osign) of every row."""
+    dname = _dtype_name(x3.dtype)
+    isz = x3.itemsize
+    xs0, xs1, _ = _estrides(x3)
+    vec_ok = xs1 == 1 and _aligned(x3, *((xs0,) if rows > 1 else ()))
+    vec = K.vec_width(isz) if vec_ok else 1
+    has_b = b3 is not None
+    tpr, G, CH = _row_stats_plan(isz, vec, has_b, rows, n, K.sm_count(), _tune_key())
+    bs0, bs1 = _estrides(b3)[:2] if has_b else (0, 0)
+    name = K.row_stats_name(DTYPE_KEY[dname], vec, has_b)
+    items = rows * G if tpr == K.THREADS else _cdiv(rows, K.THREADS // tpr)
+    wm = ws = cnt = 0
+    if G > 1:
+        acc = _acc_dtype(x3.dtype)
+        wm, ws, cnt = cupy.empty(G * rows, acc), cupy.empty(G * rows, acc), _counters(rows)
+    args = (x3, xs0, xs1, _ptr(b3), bs0, bs1, rows, n, tpr, G, CH, out_kind,
+            _ptr(om), _ptr(os), _ptr(ov), _ptr(osign), wm, ws, cnt)
+    _launch(dname, name, items, K.THREADS, args)
+
+
+# ---------------------------------------------------------------------------------
+# columns (inner > 1)
+
+def _col_layout(x3, itemsize, out3=None):
+    """(vec, txlog): vectors along inner where contiguous and aligned; TX threads
+    cover 128 bytes of a row (or all of a narrow one)."""
+    outer, n, inner = x3.shape
+    xs0, xs1, xs2 = _estrides(x3)
+    v = K.vec_width(itemsize)
+    strides = (xs0,) * (outer > 1) + (xs1,) * (n > 1)
+    vec_ok = xs2 == 1 and inner % v == 0 and _aligned(x3, *strides) \
+        and (out3 is None or out3.data.ptr % 16 == 0)
+    vec = v if vec_ok else 1
+    tx = min(_pow2_at_least(_cdiv(inner, vec)), max(1, 128 // (vec * itemsize)))
+    return vec, tx.bit_length() - 1
+
+
+def _col_softmax(x3, out3, log, st_m=None, st_s=None):
+    outer, n, inner = x3.shape
+    dname = _dtype_name(x3.dtype)
+    isz = x3.itemsize
+    xs0, xs1, xs2 = _estrides(x3)
+    vec, txlog = _col_layout(x3, isz, out3)
+    TX = 1 << txlog
+    TY = K.THREADS // TX
+    rs = K.COL_R[isz]
+    R = next((r for r in rs if TY * r >= n), rs[-1])
+    R = TUNE.get("col_R", R)
+    G = _cdiv(n, TY * R)
+    three_pass = TUNE.get("three_pass", G > K.COL_SPLIT_MAX)
+    strips = _cdiv(inner, TX * vec)
+    groups = outer * strips
+    items = groups * G
+    name = K.col_softmax_name(DTYPE_KEY[dname], vec, R)
+    if st_m is not None:
+        args = (x3, xs0, xs1, xs2, out3, outer, n, inner, txlog, G, 2, int(log), st_m, st_s, 0)
+        _launch(dname, name, items, K.THREADS, args)
+        return
+    if G == 1:
+        args = (x3, xs0, xs1, xs2, out3, outer, n, inner, txlog, 1, 0, int(log), 0, 0, 0)
+        _launch(dname, name, items, K.THREADS, args)
+        return
+    resident = _resident(dname, name, K.THREADS)
+    if G <= resident and not three_pass:
+        acc = _acc_dtype(x3.dtype)
+        W = TX * vec
+        ws_m = cupy.empty(items * W, acc)
+        ws_s = cupy.empty(items * W, acc)
+        args = (x3, xs0, xs1, xs2, out3, outer, n, inner, txlog, G, 1, int(log), ws_m, ws_s,
+                _counters(2 * groups))
+        _launch(dname, name, min(items, resident), K.THREADS, args, coop=True)
+        return
+    acc = _acc_dtype(x3.dtype)
+    m = cupy.empty((outer, inner), acc)
+    s = cupy.empty((outer, inner), acc)
+    _col_stats(x3, None, 0, m, s, None, None)
+    _col_softmax(x3, out3, log, m, s)
+
+
+def _col_stats(x3, b3, out_kind, om, os, ov, osign):
+    outer, n, inner = x3.shape
+    dname = _dtype_name(x3.dtype)
+    isz = x3.itemsize
+    xs = _estrides(x3)
+    vec, txlog = _col_layout(x3, isz)
+    TX = 1 << txlog
+    TY = K.THREADS // TX
+    groups = outer * _cdiv(inner, TX * vec)
+    nsm = K.sm_count()
+    has_b = b3 is not None
+    G = 1
+    if groups < 2 * nsm:                 # about two blocks per SM (run 3's sweep)
+        rows_per_pass = TY * K.stats_unroll(isz, vec, has_b)
+        G = max(1, min(_cdiv(n, 2 * rows_per_pass), _cdiv(2 * nsm, groups)))
+    G = TUNE.get("stats_G", G)
+    CH = max(1, _cdiv(n, G))
+    G = max(1, _cdiv(n, CH))
+    bs = _estrides(b3) if has_b else (0, 0, 0)
+    name = K.col_stats_name(DTYPE_KEY[dname], vec, has_b)
+    wm = ws = cnt = 0
+    if G > 1:
+        acc = _acc_dtype(x3.dtype)
+        P = outer * inner
+        wm, ws, cnt = cupy.empty(G * P, acc), cupy.empty(G * P, acc), _counters(groups)
+    args = (x3, *xs, _ptr(b3), *bs, outer, n, inner, txlog, G, CH, out_kind,
+            _ptr(om), _ptr(os), _ptr(ov), _ptr(osign), wm, ws, cnt)
+    _launch(dname, name, groups * G, K.THREADS, args)
+
+
+# ---------------------------------------------------------------------------------
+# merge
+
+def _merge(dname, pm, ps, k, P, out_kind, om, os, ov, osign):
+    """Merge (k, P) states into P states (out_kind 0) or logsumexps in dname (1)."""
+    lanes_log = 5 if k >= 8 else 0
+    per_block = K.THREADS >> lanes_log
+    grid = min(_cdiv(P, per_block), 65536)
+    args = (pm, ps, k, P, lanes_log, out_kind, _ptr(om), _ptr(os), _ptr(ov), _ptr(osign))
+    _launch(dname, K.merge_states_name(DTYPE_KEY[dname]), grid, K.THREADS, args)
+
+
+DTYPE_KEY = {name: spec[0] for name, spec in K.DTYPES.items()}
+
+
+# ---------------------------------------------------------------------------------
+# the interface the front end calls
+
+def softmax(x3, out3, log):
+    """softmax (log=False) or log_softmax of x3 along axis 1 into out3."""
+    outer, n, inner = x3.shape
+    if out3.size == 0:
+        return
+    if inner == 1:
+        _row_softmax(x3, out3, bool(log))
+    else:
+        _col_softmax(x3, out3, bool(log))
+
+
+def logsumexp(x3, b3, out, sign):
+    """log|sum b exp(x)| along axis 1 into out (outer, inner); sign like out or None
+    (then out is NaN where the weighted sum is negative)."""
+    outer, n, inner = x3.shape
+    if out.size == 0:
+        return
+    if inner == 1:
+        _row_stats(x3, b3, outer, n, 1, None, None, out, sign)
+    else:
+        _col_stats(x3, b3, 1, None, None, out, sign)
+
+
+def partial_state(x3, b3, m, s):
+    """State (m, s) of every slice x3[o, :, i] into m, s (outer, inner), acc dtype."""
+    outer, n, inner = x3.shape
+    if m.size == 0:
+        return
+    if inner == 1:
+        _row_stats(x3, b3, outer, n, 0, m, s, None, None)
+    else:
+        _col_stats(x3, b3, 0, m, s, None, None)
+
+
+def _as_state_dtype(*arrays):
+    """The kernels keep states in float32 or float64: the common one of ``arrays``."""
+    dt = cupy.result_type(*arrays)
+    return cupy.dtype(cupy.float64) if dt == cupy.float64 else cupy.dtype(cupy.float32)
+
+
+def merge_states(m_parts, s_parts, m, s):
+    """Merge (k, P) states into (P,) states."""
+    k, P = m_parts.shape
+    if P == 0:
+        return
+    dt = _as_state_dtype(m_parts, s_parts, m, s)
+    if all(a.dtype == dt for a in (m_parts, s_parts, m, s)):
+        _merge(dt.name, cupy.ascontiguousarray(m_parts), cupy.ascontiguousarray(s_parts),
+               k, P, 0, m, s, None, None)
+        return
+    mt, st = cupy.empty(P, dt), cupy.empty(P, dt)
+    _merge(dt.name, cupy.ascontiguousarray(m_parts, dt), cupy.ascontiguousarray(s_parts, dt),
+           k, P, 0, mt, st, None, None)
+    m[...] = mt
+    s[...] = st
+
+
+def state_logsumexp(m, s, out, sign):
+    """logsumexp (and sign) of (P,) states; out, sign in the acc dtype."""
+    P = m.size
+    if P == 0:
+        return
+    dt = _as_state_dtype(m, s)
+    m = cupy.ascontiguousarray(m, dt)
+    s = cupy.ascontiguousarray(s, dt)
+    if out.dtype == dt and (sign is None or sign.dtype == dt):
+        _merge(dt.name, m, s, 1, P, 1, None, None, out, sign)
+        return
+    ot = cupy.empty(P, dt)
+    gt = None if sign is None else cupy.empty(P, dt)
+    _merge(dt.name, m, s, 1, P, 1, None, None, ot, gt)
+    out[...] = ot.reshape(out.shape)
+    if sign is not None:
+        sign[...] = gt.reshape(sign.shape)
+
+
+def normalize(x3, m, s, out3, log):
+    """softmax / log_softmax of x3 against the given state (m, s) of shape (outer, inner)."""
+    outer, n, inner = x3.shape
+    if out3.size == 0:
+        return
+    acc = cupy.dtype(_acc_dtype(x3.dtype))
+    if m.dtype != acc or s.dtype != acc:
+        if cupy.float64 in (m.dtype, s.dtype) and acc != cupy.float64:
+            # a float64 state and narrower data: compute in float64, round once
+            tmp = cupy.empty(x3.shape, cupy.float64)
+            normalize(x3.astype(cupy.float64), m, s, tmp, log)
+            out3[...] = tmp
+            return
+        m, s = m.astype(acc), s.astype(acc)
+    m = cupy.ascontiguousarray(m)
+    s = cupy.ascontiguousarray(s)
+    if inner == 1:
+        _row_softmax(x3, out3, bool(log), m, s)
+    else:
+        _col_softmax(x3, out3, bool(log), m, s)

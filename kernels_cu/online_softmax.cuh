@@ -1,0 +1,456 @@
+// online_softmax.cuh -- the one CUDA header of cupy_softmax.
+//
+// The (m, s) state algebra of cupy_softmax/_state.py, written once for the GPU:
+//
+//     m = max{a_i : b_i != 0}            (-inf when empty)
+//     s = sum b_i exp(a_i - shift(m))    shift(m) = m if finite, else 0
+//     merge:   m = max(m1, m2), s = s1 rescale(m1, m) + s2 rescale(m2, m)
+//     rescale(mi, m) = exp(mi - m) if m finite, else exp(shift(mi))
+//     logsumexp = shift(m) + log|s|, sign = sign(s)
+//     softmax   = exp(x - shift(m)) * inv,  inv = 1/s if m finite, else NaN
+//     log_softmax = (x - shift(m)) - log(s)
+//
+// Every +-inf / NaN rule of the library falls out of these formulas (see _state.py).
+// The max here ignores NaN (like fmaxf); a NaN element still makes s NaN, and every
+// finaliser then returns NaN, so results agree with the NumPy path.
+//
+// CuPy compiles with -ftz=true.  So that subnormal weights, sums and float32 outputs
+// are not flushed, the float arithmetic on s and on float32 outputs goes through the
+// *_nf helpers below (PTX instructions without .ftz), zero tests look at bits, and
+// exp_acc is an exp that keeps subnormal results.
+//
+// Also here: element types (float16/bfloat16 as raw bits, converted with PTX), 16-byte
+// vector loads/stores, warp/block reductions of values and of states, and the
+// inter-block exchange of states used by the split kernels.
+#pragma once
+
+namespace cs {
+
+typedef long long i64;
+
+// ------------------------------------------------------------------ element types
+struct half_t { unsigned short bits; };   // IEEE binary16
+struct bf16_t { unsigned short bits; };   // bfloat16
+
+template <typename T> struct AccOf { typedef float type; };
+template <> struct AccOf<double> { typedef double type; };
+
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(half_t v) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
+    return f;
+}
+__device__ __forceinline__ float to_acc(bf16_t v) {
+    return __uint_as_float(((unsigned)v.bits) << 16);
+}
+
+template <typename T> struct Conv;
+template <> struct Conv<float> {
+    static __device__ __forceinline__ float from(float v) { return v; }
+};
+template <> struct Conv<double> {
+    static __device__ __forceinline__ double from(double v) { return v; }
+};
+template <> struct Conv<half_t> {
+    static __device__ __forceinline__ half_t from(float v) {
+        half_t h;
+        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(v));
+        return h;
+    }
+};
+template <> struct Conv<bf16_t> {
+    static __device__ __forceinline__ bf16_t from(float v) {
+        bf16_t h;
+        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h.bits) : "f"(v));   // sm_80+
+        return h;
+    }
+};
+
+// ------------------------------------------------------------------ loads and stores
+__device__ __forceinline__ float ldg(const float* p) { return __ldg(p); }
+__device__ __forceinline__ double ldg(const double* p) { return __ldg(p); }
+__device__ __forceinline__ half_t ldg(const half_t* p) {
+    half_t h; h.bits = __ldg(reinterpret_cast<const unsigned short*>(p)); return h;
+}
+__device__ __forceinline__ bf16_t ldg(const bf16_t* p) {
+    bf16_t h; h.bits = __ldg(reinterpret_cast<const unsigned short*>(p)); return h;
+}
+
+template <typename T> __device__ __forceinline__ typename AccOf<T>::type load_acc(const T* p) {
+    return to_acc(ldg(p));
+}
+
+// VEC elements of T in 16 bytes (VEC * sizeof(T) == 16), p 16-byte aligned; VEC == 1
+// is a plain scalar access.
+template <typename T, int VEC>
+__device__ __forceinline__ void load_vec(const T* p, typename AccOf<T>::type* a) {
+    static_assert(VEC == 1 || VEC * sizeof(T) == 16, "load_vec moves 16 bytes");
+    if constexpr (VEC == 1) {
+        a[0] = load_acc(p);
+    } else {
+        union { uint4 u; T e[VEC]; } v;
+        v.u = __ldg(reinterpret_cast<const uint4*>(p));
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) a[i] = to_acc(v.e[i]);
+    }
+}
+template <typename T, int VEC>
+__device__ __forceinline__ void store_vec(T* p, const typename AccOf<T>::type* a) {
+    static_assert(VEC == 1 || VEC * sizeof(T) == 16, "store_vec moves 16 bytes");
+    if constexpr (VEC == 1) {
+        *p = Conv<T>::from(a[0]);
+    } else {
+        union { uint4 u; T e[VEC]; } v;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) v.e[i] = Conv<T>::from(a[i]);
+        *reinterpret_cast<uint4*>(p) = v.u;
+    }
+}
+
+// The same 16 bytes without conversion (16-bit elements stay packed in registers).
+template <typename T, int VEC>
+__device__ __forceinline__ void load_raw(const T* p, T* a) {
+    if constexpr (VEC == 1) {
+        a[0] = ldg(p);
+    } else {
+        union { uint4 u; T e[VEC]; } v;
+        v.u = __ldg(reinterpret_cast<const uint4*>(p));
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) a[i] = v.e[i];
+    }
+}
+
+template <typename T> __device__ __forceinline__ T raw_neg_inf() { return T(-__int_as_float(0x7f800000)); }
+template <> __device__ __forceinline__ double raw_neg_inf<double>() {
+    return __longlong_as_double(0xfff0000000000000ll);
+}
+template <> __device__ __forceinline__ half_t raw_neg_inf<half_t>() { half_t h; h.bits = 0xfc00; return h; }
+template <> __device__ __forceinline__ bf16_t raw_neg_inf<bf16_t>() { bf16_t h; h.bits = 0xff80; return h; }
+
+template <typename X, typename Y> struct same_type { static constexpr bool value = false; };
+template <typename X> struct same_type<X, X> { static constexpr bool value = true; };
+
+// Loads that skip L1 (partial states published by other blocks of the same launch).
+__device__ __forceinline__ float ld_cg(const float* p) {
+    float v; asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p)); return v;
+}
+__device__ __forceinline__ double ld_cg(const double* p) {
+    double v; asm volatile("ld.global.cg.f64 %0, [%1];" : "=d"(v) : "l"(p)); return v;
+}
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+// ------------------------------------------------------------------ arithmetic without FTZ
+__device__ __forceinline__ float add_nf(float a, float b) {
+    float r; asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
+}
+__device__ __forceinline__ float mul_nf(float a, float b) {
+    float r; asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
+}
+__device__ __forceinline__ float max_nf(float a, float b) {   // NaN-ignoring, like fmaxf
+    float r; asm("max.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
+}
+__device__ __forceinline__ double add_nf(double a, double b) { return a + b; }
+__device__ __forceinline__ double mul_nf(double a, double b) { return a * b; }
+__device__ __forceinline__ double max_nf(double a, double b) { return fmax(a, b); }
+
+__device__ __forceinline__ bool is_finite(float v) {
+    return (__float_as_uint(v) & 0x7f800000u) != 0x7f800000u;
+}
+__device__ __forceinline__ bool is_finite(double v) {
+    return (__double_as_longlong(v) & 0x7ff0000000000000ll) != 0x7ff0000000000000ll;
+}
+__device__ __forceinline__ bool is_zero(float v) { return (__float_as_uint(v) << 1) == 0u; }
+__device__ __forceinline__ bool is_zero(double v) {
+    return (((unsigned long long)__double_as_longlong(v)) << 1) == 0ull;
+}
+__device__ __forceinline__ float abs_bits(float v) {
+    return __uint_as_float(__float_as_uint(v) & 0x7fffffffu);
+}
+__device__ __forceinline__ double abs_bits(double v) { return fabs(v); }
+
+template <typename A> __device__ __forceinline__ A neg_inf();
+template <> __device__ __forceinline__ float neg_inf<float>() { return __uint_as_float(0xff800000u); }
+template <> __device__ __forceinline__ double neg_inf<double>() {
+    return __longlong_as_double(0xfff0000000000000ll);
+}
+template <typename A> __device__ __forceinline__ A qnan();
+template <> __device__ __forceinline__ float qnan<float>() { return __uint_as_float(0x7fc00000u); }
+template <> __device__ __forceinline__ double qnan<double>() {
+    return __longlong_as_double(0x7ff8000000000000ll);
+}
+
+// ------------------------------------------------------------------ exp and log
+__device__ __forceinline__ float ex2_ftz(float v) {
+    float r; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v)); return r;
+}
+
+// e^x to about 2 ulp (like expf), exact at +-inf and NaN, subnormal results kept.
+__device__ __forceinline__ float exp_acc(float x) {
+    float j = rintf(x * 1.44269504f);
+    j = fminf(fmaxf(j, -160.0f), 130.0f);        // NaN x: r below is NaN anyway
+    float r = fmaf(j, -0.693145752f, x);         // ln2 split in two: j * hi is exact
+    r = fmaf(j, -1.42860677e-6f, r);
+    const float p = ex2_ftz(r * 1.44269504f);    // e^r, |r| <= ~0.35; 0 at -inf, inf at inf
+    const int ji = (int)j;
+    const int j1 = ji >> 1, j2 = ji - j1;        // 2^j = 2^j1 * 2^j2, each a normal float
+    return mul_nf(mul_nf(p, __int_as_float((j1 + 127) << 23)), __int_as_float((j2 + 127) << 23));
+}
+__device__ __forceinline__ double exp_acc(double x) { return exp(x); }
+
+// Cheaper e^t for sums and for 16-bit outputs: 2^(t log2 e); relative error about
+// |t| * 6e-8 + 2 ulp, which leaves a sum accurate to a few ulp (its large terms have
+// small |t|).  Subnormal terms flush, which cannot move a sum whose largest term is ~1.
+__device__ __forceinline__ float exp_fast(float t) { return ex2_ftz(t * 1.44269504f); }
+__device__ __forceinline__ double exp_fast(double t) { return exp(t); }
+
+// log that sees subnormal arguments (logf under -ftz=true would take them as 0).
+__device__ __forceinline__ float log_acc(float v) {
+    const unsigned u = __float_as_uint(v) & 0x7fffffffu;
+    if (u != 0u && u < 0x00800000u)
+        return logf(mul_nf(v, 16777216.0f)) - 16.6355323334386863f;   // 24 ln 2
+    return logf(v);
+}
+__device__ __forceinline__ double log_acc(double v) { return log(v); }
+
+// e^t for softmax outputs: the fast form where the result is a normal float, exp_acc
+// below that, so that subnormal probabilities keep their few bits (-ftz=true would
+// flush them).  Relative error about |t| * 6e-8 + 2 ulp.
+__device__ __forceinline__ float exp_out(float t) {
+    const float y = t * 1.44269504f;
+    return y >= -126.0f ? ex2_ftz(y) : exp_acc(t);    // NaN and -inf take exp_acc
+}
+
+// The exp a softmax output uses: float16's range ends far above float32's subnormals,
+// so the fast form is enough there; float32 and bfloat16 outputs keep subnormals.
+template <typename T> struct OutExp {
+    static __device__ __forceinline__ float f(float t) { return exp_out(t); }
+};
+template <> struct OutExp<half_t> {
+    static __device__ __forceinline__ float f(float t) { return exp_fast(t); }
+};
+template <> struct OutExp<double> {
+    static __device__ __forceinline__ double f(double t) { return exp(t); }
+};
+
+// ------------------------------------------------------------------ the state algebra
+template <typename A> struct State { A m, s; };
+
+template <typename A> __device__ __forceinline__ State<A> empty_state() {
+    State<A> st; st.m = neg_inf<A>(); st.s = A(0); return st;
+}
+template <typename A> __device__ __forceinline__ A shift(A m) { return is_finite(m) ? m : A(0); }
+
+template <typename A> __device__ __forceinline__ A rescale(A mi, A m) {
+    if (mi == m) return A(1);                    // also +-inf == +-inf: exp(shift) = 1
+    return is_finite(m) ? exp_acc(mi - m) : exp_acc(shift(mi));
+}
+
+template <typename A> __device__ __forceinline__ State<A> merge(State<A> a, State<A> b) {
+    State<A> r;
+    r.m = max_nf(a.m, b.m);
+    r.s = add_nf(mul_nf(a.s, rescale(a.m, r.m)), mul_nf(b.s, rescale(b.m, r.m)));
+    return r;
+}
+
+// Fold a tile of K values (masked ones already -inf, weight 0 or absent) into a state.
+template <typename A, int K, bool HAS_B>
+__device__ __forceinline__ void fold_tile(State<A>& st, const A* a, const A* w) {
+    A tm = neg_inf<A>();
+#pragma unroll
+    for (int k = 0; k < K; ++k) tm = max_nf(tm, a[k]);
+    const A m = max_nf(st.m, tm);
+    const A sh = shift(m);
+    A acc = A(0);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        const A e = exp_fast(a[k] - sh);
+        acc = add_nf(acc, HAS_B ? mul_nf(w[k], e) : e);
+    }
+    st.s = add_nf(mul_nf(st.s, rescale(st.m, m)), acc);
+    st.m = m;
+}
+
+// Weighted element: b == 0 masks a, even where a is inf or NaN.
+template <typename A> __device__ __forceinline__ A masked(A a, A b) {
+    return is_zero(b) ? neg_inf<A>() : a;
+}
+
+// Finalisers.
+template <typename A> __device__ __forceinline__ A lse_of(State<A> st) {
+    return shift(st.m) + log_acc(abs_bits(st.s));
+}
+__device__ __forceinline__ bool sign_bit(float v) { return (__float_as_uint(v) >> 31) != 0u; }
+__device__ __forceinline__ bool sign_bit(double v) { return __double_as_longlong(v) < 0; }
+template <typename A> __device__ __forceinline__ A sign_of(A s) {     // NaN for NaN
+    if (s != s) return s;
+    if (is_zero(s)) return A(0);
+    return sign_bit(s) ? A(-1) : A(1);
+}
+template <typename A> __device__ __forceinline__ bool negative(A s) {  // s < 0, subnormals too
+    return s == s && !is_zero(s) && sign_bit(s);
+}
+template <typename A> __device__ __forceinline__ A softmax_inv(State<A> st) {
+    return is_finite(st.m) ? A(1) / st.s : qnan<A>();
+}
+
+// ------------------------------------------------------------------ reductions
+struct MaxOp {
+    template <typename A> static __device__ __forceinline__ A id() { return neg_inf<A>(); }
+    template <typename A> static __device__ __forceinline__ A op(A a, A b) { return max_nf(a, b); }
+};
+struct SumOp {
+    template <typename A> static __device__ __forceinline__ A id() { return A(0); }
+    template <typename A> static __device__ __forceinline__ A op(A a, A b) { return add_nf(a, b); }
+};
+
+// All-reduce over aligned groups of `width` lanes (a power of two <= 32); every lane
+// of the warp must call it.
+template <typename Op, typename A>
+__device__ __forceinline__ A warp_allreduce(A v, int width) {
+    for (int off = width >> 1; off > 0; off >>= 1)
+        v = Op::template op<A>(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+
+// All-reduce over the whole block (THREADS a multiple of 32, > 32); smem holds
+// THREADS / 32 values.  Every warp finishes the reduction itself, in the same order,
+// so all threads get bit-identical results.
+template <int THREADS, typename Op, typename A>
+__device__ __forceinline__ A block_allreduce(A v, A* smem) {
+    constexpr int NW = THREADS / 32;
+    v = warp_allreduce<Op>(v, 32);
+    __syncthreads();                               // smem may still be read by a previous call
+    if ((threadIdx.x & 31) == 0) smem[threadIdx.x >> 5] = v;
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    v = lane < NW ? smem[lane] : Op::template id<A>();
+    return warp_allreduce<Op>(v, 32);
+}
+
+// Group of `tpr` threads (a power of two <= 32, or the whole block when tpr == THREADS).
+template <int THREADS, typename Op, typename A>
+__device__ __forceinline__ A group_allreduce(A v, int tpr, A* smem) {
+    if (THREADS > 32 && tpr == THREADS) return block_allreduce<THREADS, Op>(v, smem);
+    return warp_allreduce<Op>(v, tpr);
+}
+
+// The merge of many states is  m = max m_i,  s = sum s_i rescale(m_i, m):  a max
+// reduction, one rescale per thread, a sum reduction.
+template <typename A>
+__device__ __forceinline__ State<A> warp_allreduce_state(State<A> st, int width) {
+    const A m = warp_allreduce<MaxOp>(st.m, width);
+    st.s = warp_allreduce<SumOp>(mul_nf(st.s, rescale(st.m, m)), width);
+    st.m = m;
+    return st;
+}
+template <int THREADS, typename A>
+__device__ __forceinline__ State<A> group_allreduce_state(State<A> st, int tpr, A* sm, A* ss) {
+    const A m = group_allreduce<THREADS, MaxOp>(st.m, tpr, sm);
+    st.s = group_allreduce<THREADS, SumOp>(mul_nf(st.s, rescale(st.m, m)), tpr, ss);
+    st.m = m;
+    return st;
+}
+
+// Reduce VEC columns over the TY rows of a TX x TY block (tid = ty * TX + tx, TX a
+// power of two <= THREADS): lanes of a warp with the same tx first (shuffles), then
+// the warps through red (VEC * THREADS values).  Every thread of column tx gets the
+// totals.
+template <int THREADS, int VEC, typename Op, typename A>
+__device__ __forceinline__ void column_allreduce(A* v, A* red, int TX) {
+    constexpr int NW = THREADS / 32;
+    const int tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5;
+    const int tx = tid & (TX - 1);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+        for (int off = 16; off >= TX; off >>= 1)
+            v[e] = Op::template op<A>(v[e], __shfl_xor_sync(0xffffffffu, v[e], off));
+    }
+    if (TX >= THREADS) return;                     // one row of threads: nothing to combine
+    __syncthreads();                               // red may still be read by a previous call
+    if (TX <= 32) {                                // every warp holds every column: one slot each
+        if (lane < TX) {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) red[(e * NW + warp) * 32 + lane] = v[e];
+        }
+        __syncthreads();
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            A t = red[(e * NW) * 32 + tx];
+            for (int w = 1; w < NW; ++w) t = Op::template op<A>(t, red[(e * NW + w) * 32 + tx]);
+            v[e] = t;
+        }
+    } else {                                       // TX > 32: warps of one tx-row differ in
+        const int TY = THREADS / TX;               // tx; reduce over the TY thread rows
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) red[e * THREADS + tid] = v[e];
+        __syncthreads();
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            A t = red[e * THREADS + tx];
+            for (int y = 1; y < TY; ++y) t = Op::template op<A>(t, red[e * THREADS + y * TX + tx]);
+            v[e] = t;
+        }
+    }
+}
+
+template <int THREADS, int VEC, typename A>
+__device__ __forceinline__ void column_allreduce_state(State<A>* st, A* red, int TX) {
+    A m[VEC], t[VEC];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) m[e] = st[e].m;
+    column_allreduce<THREADS, VEC, MaxOp>(m, red, TX);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) t[e] = mul_nf(st[e].s, rescale(st[e].m, m[e]));
+    column_allreduce<THREADS, VEC, SumOp>(t, red, TX);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) { st[e].m = m[e]; st[e].s = t[e]; }
+}
+
+// ------------------------------------------------------------------ inter-block exchange
+// A slice split over G blocks keeps two counters per slice, cnt[0] (arrivals) and
+// cnt[1] (departures), in a buffer that is zero between launches: the blocks reset it.
+//
+// Split softmax (cooperative launch: all blocks resident).  A block publishes its
+// partial states, arrives and waits for the G blocks of its slice, reads their states,
+// then departs; the last to depart zeroes both counters.  Call with the whole block.
+__device__ __forceinline__ void group_arrive_and_wait(unsigned* cnt, i64 expected) {
+    __threadfence();                               // every thread's published states
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        atomicAdd(cnt, 1u);
+        while ((i64)ld_acquire(cnt) < expected) __nanosleep(64);
+    }
+    __syncthreads();
+}
+__device__ __forceinline__ void group_depart(unsigned* cnt, i64 expected) {
+    if (threadIdx.x == 0 && (i64)atomicAdd(cnt + 1, 1u) == expected - 1) {
+        cnt[0] = 0u;                               // every block has passed its wait
+        cnt[1] = 0u;
+    }
+}
+
+// Split statistics (ordinary launch, no waiting): a block publishes its partial
+// states and counts itself in; the block that arrives last (true in all its threads)
+// zeroes the counter and merges the G states.  `flag` is a shared int.
+__device__ __forceinline__ bool group_arrive_last(unsigned* cnt, i64 expected, int* flag) {
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const bool last = (i64)atomicAdd(cnt, 1u) == expected - 1;
+        if (last) cnt[0] = 0u;
+        *flag = last;
+    }
+    __syncthreads();
+    const bool last = *flag != 0;
+    if (last) __threadfence();
+    return last;
+}
+
+}  // namespace cs

@@ -1,0 +1,559 @@
+// softmax.cu -- the kernels of cupy_softmax, as templates over the element type and
+// the tile shape.  cupy_softmax/_kernels.py appends one CS_* line per instance it
+// needs (the table there is the list of instances) and compiles the result.
+//
+// Canonical input: x3 of shape (outer, n, inner), any element strides, reduced over n.
+//   row_*  kernels: inner == 1; a group of tpr threads (a power of two <= 32, or the
+//                   whole block) owns a row, or a chunk of one when rows are split.
+//   col_*  kernels: inner > 1; a TX x TY block owns W = TX*VEC consecutive columns
+//                   (coalesced along inner) and TY*R rows (softmax) or a row range (stats).
+//   *_softmax  keep their chunk in registers: read once, write once.  mode 0: the
+//              block holds the whole slice; mode 1: G blocks split it and exchange
+//              partial states (cooperative launch); mode 2: the state comes from st_m,
+//              st_s (normalise against a given state).
+//   *_stats    stream the input once and produce a state (out_kind 0: m, s at
+//              [chunk][slice]) or the logsumexp and sign (out_kind 1).
+//   merge_states  merges k stacked states (k, P) into P states or logsumexps.
+#include "online_softmax.cuh"
+
+namespace cs {
+
+// ---------------------------------------------------------------- rows: softmax
+template <typename T, int VEC, int THREADS, int EPT, bool SPLIT>
+__device__ __forceinline__ void row_softmax(
+    const T* __restrict__ x, i64 xs0, i64 xs1, T* __restrict__ out,
+    i64 rows, i64 n, i64 tpr_, i64 G, i64 mode, i64 log_,
+    typename AccOf<T>::type* st_m, typename AccOf<T>::type* st_s, unsigned* counters)
+{
+    typedef typename AccOf<T>::type A;
+    static_assert(EPT % VEC == 0, "EPT is a whole number of vectors");
+    constexpr int NV = EPT / VEC;
+    // Elements stay in registers as loaded (16-bit ones packed); float and double
+    // rows keep exp(x - shift) in place when the state is the block's own (mode 0).
+    constexpr bool FULL = same_type<T, A>::value;
+    __shared__ A red_m[THREADS / 32], red_s[THREADS / 32], bc[2];
+
+    const int tid = threadIdx.x;
+    const int tpr = (int)tpr_;
+    const bool block_row = (tpr == THREADS);
+    const int lane = tid & (tpr - 1);
+    const int sub = tid / tpr;
+    const int rpb = THREADS / tpr;
+    const i64 CH = (i64)tpr * EPT;
+    const i64 items = block_row ? rows * G : (rows + rpb - 1) / rpb;
+    const bool keep_e = FULL && (mode == 0) && !log_;
+
+    for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
+        i64 row, c = 0;
+        if (block_row) { row = item / G; c = item - row * G; }
+        else row = item * rpb + sub;
+        const bool active = row < rows;
+        const T* xr = x + (active ? row : 0) * xs0;
+        const i64 j0 = c * CH;
+
+        // Thread `lane` holds vectors v * tpr + lane of the chunk (coalesced per v).
+        // rem: elements of the row from its first one on (clamped to the chunk: 32 bits).
+        i64 rem64 = active ? n - j0 - (i64)lane * VEC : 0;
+        const int rem = (int)(rem64 < CH ? rem64 : CH);
+        T a[EPT];
+        if constexpr (VEC == 1) {                  // any element stride
+            const T* p = xr + (j0 + lane) * xs1;
+            const i64 step = (i64)tpr * xs1;
+#pragma unroll
+            for (int v = 0; v < NV; ++v)
+                a[v] = v * tpr < rem ? ldg(p + v * step) : raw_neg_inf<T>();
+        } else {                                   // contiguous, 16-byte aligned rows
+            const T* p = xr + j0 + (i64)lane * VEC;
+#pragma unroll
+            for (int v = 0; v < NV; ++v) {
+                const int off = v * tpr * VEC;
+                if (rem - off >= VEC) {
+                    load_raw<T, VEC>(p + off, a + v * VEC);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e)
+                        a[v * VEC + e] = e < rem - off ? ldg(p + off + e) : raw_neg_inf<T>();
+                }
+            }
+        }
+
+        State<A> st;
+        if (mode == 2) {
+            st.m = active ? st_m[row] : A(0);
+            st.s = active ? st_s[row] : A(1);
+        } else {
+            A t = neg_inf<A>();
+#pragma unroll
+            for (int k = 0; k < EPT; ++k) t = max_nf(t, to_acc(a[k]));
+            st.m = group_allreduce<THREADS, MaxOp>(t, tpr, red_m);
+            const A sh = shift(st.m);
+            t = A(0);
+#pragma unroll
+            for (int k = 0; k < EPT; ++k) {
+                const A e = OutExp<T>::f(to_acc(a[k]) - sh);
+                t = add_nf(t, e);
+                if constexpr (FULL) { if (keep_e) a[k] = e; }
+            }
+            st.s = group_allreduce<THREADS, SumOp>(t, tpr, red_s);
+            if (SPLIT && mode == 1) {              // block_row; item == row * G + c
+                if (tid == 0) { st_m[item] = st.m; st_s[item] = st.s; }
+                group_arrive_and_wait(counters + 2 * row, G);
+                if (tid < 32) {
+                    State<A> g = empty_state<A>();
+                    for (i64 q = tid; q < G; q += 32) {
+                        State<A> p;
+                        p.m = ld_cg(st_m + row * G + q);
+                        p.s = ld_cg(st_s + row * G + q);
+                        g = merge(g, p);
+                    }
+                    g = warp_allreduce_state(g, 32);
+                    if (tid == 0) { bc[0] = g.m; bc[1] = g.s; }
+                }
+                __syncthreads();
+                group_depart(counters + 2 * row, G);
+                st.m = bc[0];
+                st.s = bc[1];
+            }
+        }
+
+        const A sh = shift(st.m);
+        const A ls = log_ ? log_acc(st.s) : A(0);
+        const A inv = log_ ? A(0) : softmax_inv(st);
+        T* po = out + (active ? row : 0) * n + j0 + (i64)lane * VEC;   // output rows are contiguous
+#pragma unroll
+        for (int v = 0; v < NV; ++v) {
+            A o[VEC];
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                const A t = to_acc(a[v * VEC + e]);
+                o[e] = log_ ? (t - sh) - ls : mul_nf(keep_e ? t : OutExp<T>::f(t - sh), inv);
+            }
+            const int off = v * tpr * VEC;
+            if (VEC > 1 && rem - off >= VEC) {
+                store_vec<T, VEC>(po + off, o);
+            } else {
+#pragma unroll
+                for (int e = 0; e < VEC; ++e)
+                    if (e < rem - off) po[off + e] = Conv<T>::from(o[e]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- rows: state / logsumexp
+// Vectors each thread has in flight per pass: 32 registers of elements (16 with
+// weights), at least 8 scalars.
+template <typename A, int VEC, bool HAS_B> struct StatsUnroll {
+    static constexpr int E = (HAS_B ? 16 : 32) / (int)(sizeof(A) / 4);
+    static constexpr int U = VEC == 1 ? (E < 8 ? 8 : E) : E / VEC;
+};
+
+// Write a finished state: (m, s) for out_kind 0, logsumexp (and sign) for out_kind 1.
+template <typename T, typename A>
+__device__ __forceinline__ void write_state(State<A> st, i64 p, i64 out_kind, A* om, A* os,
+                                            T* ov, T* osign) {
+    if (out_kind == 0) {
+        om[p] = st.m;
+        os[p] = st.s;
+    } else {
+        A l = lse_of(st);
+        if (osign) osign[p] = Conv<T>::from(sign_of(st.s));
+        else if (negative(st.s)) l = qnan<A>();
+        ov[p] = Conv<T>::from(l);
+    }
+}
+
+// G > 1: each block states a chunk of CH elements into wm/ws[c * rows + row]; the last
+// block of a row merges the G states (counter cnt[row]).
+template <typename T, int VEC, int THREADS, bool HAS_B>
+__device__ __forceinline__ void row_stats(
+    const T* __restrict__ x, i64 xs0, i64 xs1, const T* __restrict__ b, i64 bs0, i64 bs1,
+    i64 rows, i64 n, i64 tpr_, i64 G, i64 CH, i64 out_kind,
+    typename AccOf<T>::type* om, typename AccOf<T>::type* os, T* ov, T* osign,
+    typename AccOf<T>::type* wm, typename AccOf<T>::type* ws, unsigned* cnt)
+{
+    typedef typename AccOf<T>::type A;
+    constexpr int U = StatsUnroll<A, VEC, HAS_B>::U;
+    __shared__ A red_m[THREADS / 32], red_s[THREADS / 32];
+    __shared__ int last_flag;
+
+    const int tid = threadIdx.x;
+    const int tpr = (int)tpr_;
+    const bool block_row = (tpr == THREADS);
+    const int lane = tid & (tpr - 1);
+    const int sub = tid / tpr;
+    const int rpb = THREADS / tpr;
+    const i64 items = block_row ? rows * G : (rows + rpb - 1) / rpb;
+    const i64 step = (i64)tpr * VEC;
+
+    for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
+        i64 row, c = 0;
+        if (block_row) { row = item / G; c = item - row * G; }
+        else row = item * rpb + sub;
+        const bool active = row < rows;
+        const T* xr = x + (active ? row : 0) * xs0;
+        const T* br = HAS_B ? b + (active ? row : 0) * bs0 : b;
+        const i64 jb = c * CH;
+        const i64 je = active ? (n < jb + CH ? n : jb + CH) : jb;
+
+        State<A> st = empty_state<A>();
+        for (i64 base = jb + (i64)lane * VEC; base < je; base += step * U) {
+            A a[U * VEC], w[U * VEC];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const i64 j = base + u * step;
+                if (VEC > 1 && j + VEC <= je) {
+                    load_vec<T, VEC>(xr + j, a + u * VEC);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e)
+                        a[u * VEC + e] = (j + e < je) ? load_acc(xr + (j + e) * xs1) : neg_inf<A>();
+                }
+                if (HAS_B) {
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) {
+                        w[u * VEC + e] = (j + e < je) ? load_acc(br + (j + e) * bs1) : A(0);
+                        a[u * VEC + e] = masked(a[u * VEC + e], w[u * VEC + e]);
+                    }
+                }
+            }
+            fold_tile<A, U * VEC, HAS_B>(st, a, w);
+        }
+        st = group_allreduce_state<THREADS>(st, tpr, red_m, red_s);
+
+        if (G == 1) {
+            if (lane == 0 && active) write_state<T, A>(st, row, out_kind, om, os, ov, osign);
+            continue;
+        }
+        // split rows (block_row): publish, and let the last block of the row merge
+        if (tid == 0) { wm[c * rows + row] = st.m; ws[c * rows + row] = st.s; }
+        if (group_arrive_last(cnt + row, G, &last_flag) && tid < 32) {
+            State<A> g = empty_state<A>();
+            for (i64 q = tid; q < G; q += 32) {
+                State<A> p;
+                p.m = ld_cg(wm + q * rows + row);
+                p.s = ld_cg(ws + q * rows + row);
+                g = merge(g, p);
+            }
+            g = warp_allreduce_state(g, 32);
+            if (tid == 0) write_state<T, A>(g, row, out_kind, om, os, ov, osign);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- columns: softmax
+template <typename T, int VEC, int THREADS, int R>
+__device__ __forceinline__ void col_softmax(
+    const T* __restrict__ x, i64 xs0, i64 xs1, i64 xs2, T* __restrict__ out,
+    i64 outer, i64 n, i64 inner, i64 txlog, i64 G, i64 mode, i64 log_,
+    typename AccOf<T>::type* st_m, typename AccOf<T>::type* st_s, unsigned* counters)
+{
+    typedef typename AccOf<T>::type A;
+    __shared__ A rm[VEC * THREADS];
+
+    const int tid = threadIdx.x;
+    const int TX = 1 << (int)txlog;
+    const int TY = THREADS >> (int)txlog;
+    const int tx = tid & (TX - 1), ty = tid >> (int)txlog;
+    const i64 W = (i64)TX * VEC;
+    const i64 strips = (inner + W - 1) / W;
+    const i64 groups = outer * strips;
+    const i64 H = (i64)TY * R;
+    const i64 items = groups * G;
+    const bool keep_e = (mode == 0) && !log_;
+
+    for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
+        const i64 grp = item / G, c = item - grp * G;
+        const i64 o = grp / strips, strip = grp - o * strips;
+        const i64 i = strip * W + (i64)tx * VEC;
+        const T* xo = x + o * xs0 + i * xs2;
+
+        A a[R * VEC];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const i64 j = c * H + ty + (i64)r * TY;
+            const T* p = xo + j * xs1;
+            if (VEC > 1 && j < n && i < inner) {   // inner % VEC == 0 on this path
+                load_vec<T, VEC>(p, a + r * VEC);
+            } else {
+#pragma unroll
+                for (int e = 0; e < VEC; ++e)
+                    a[r * VEC + e] = (j < n && i + e < inner) ? load_acc(p + e * xs2) : neg_inf<A>();
+            }
+        }
+
+        State<A> st[VEC];
+        if (mode == 2) {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                const bool ok = i + e < inner;
+                st[e].m = ok ? st_m[o * inner + i + e] : A(0);
+                st[e].s = ok ? st_s[o * inner + i + e] : A(1);
+            }
+        } else {
+            A v[VEC], sh[VEC];
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                v[e] = neg_inf<A>();
+#pragma unroll
+                for (int r = 0; r < R; ++r) v[e] = max_nf(v[e], a[r * VEC + e]);
+            }
+            column_allreduce<THREADS, VEC, MaxOp>(v, rm, TX);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) { st[e].m = v[e]; sh[e] = shift(v[e]); v[e] = A(0); }
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) {
+                    const A ex = OutExp<T>::f(a[r * VEC + e] - sh[e]);
+                    v[e] = add_nf(v[e], ex);
+                    if (keep_e) a[r * VEC + e] = ex;
+                }
+            }
+            column_allreduce<THREADS, VEC, SumOp>(v, rm, TX);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) st[e].s = v[e];
+            if (mode == 1) {                       // item == grp * G + c
+                if (ty == 0) {
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) {
+                        st_m[item * W + tx * VEC + e] = st[e].m;
+                        st_s[item * W + tx * VEC + e] = st[e].s;
+                    }
+                }
+                group_arrive_and_wait(counters + 2 * grp, G);
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) st[e] = empty_state<A>();
+                for (i64 q = ty; q < G; q += TY) {
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) {
+                        const i64 idx = (grp * G + q) * W + tx * VEC + e;
+                        State<A> p;
+                        p.m = ld_cg(st_m + idx);
+                        p.s = ld_cg(st_s + idx);
+                        st[e] = merge(st[e], p);
+                    }
+                }
+                column_allreduce_state<THREADS, VEC>(st, rm, TX);
+                group_depart(counters + 2 * grp, G);
+            }
+        }
+
+        A sh[VEC], ls[VEC], inv[VEC];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            sh[e] = shift(st[e].m);
+            ls[e] = log_ ? log_acc(st[e].s) : A(0);
+            inv[e] = log_ ? A(0) : softmax_inv(st[e]);
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const i64 j = c * H + ty + (i64)r * TY;
+            A ov[VEC];
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                const A t = a[r * VEC + e];
+                ov[e] = log_ ? (t - sh[e]) - ls[e]
+                             : mul_nf(keep_e ? t : OutExp<T>::f(t - sh[e]), inv[e]);
+            }
+            T* p = out + (o * n + j) * inner + i;
+            if (VEC > 1 && j < n && i < inner) {
+                store_vec<T, VEC>(p, ov);
+            } else {
+#pragma unroll
+                for (int e = 0; e < VEC; ++e)
+                    if (j < n && i + e < inner) p[e] = Conv<T>::from(ov[e]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- columns: state / logsumexp
+// G > 1: each block states rows [c * CH, (c + 1) * CH) of its W columns into
+// wm/ws[c * P + column]; the last block of the column strip merges (counter cnt[grp]).
+template <typename T, int VEC, int THREADS, bool HAS_B>
+__device__ __forceinline__ void col_stats(
+    const T* __restrict__ x, i64 xs0, i64 xs1, i64 xs2,
+    const T* __restrict__ b, i64 bs0, i64 bs1, i64 bs2,
+    i64 outer, i64 n, i64 inner, i64 txlog, i64 G, i64 CH, i64 out_kind,
+    typename AccOf<T>::type* om, typename AccOf<T>::type* os, T* ov, T* osign,
+    typename AccOf<T>::type* wm, typename AccOf<T>::type* ws, unsigned* cnt)
+{
+    typedef typename AccOf<T>::type A;
+    constexpr int U = StatsUnroll<A, VEC, HAS_B>::U;   // rows in flight per thread
+    __shared__ A rm[VEC * THREADS];
+    __shared__ int last_flag;
+
+    const int tid = threadIdx.x;
+    const int TX = 1 << (int)txlog;
+    const int TY = THREADS >> (int)txlog;
+    const int tx = tid & (TX - 1), ty = tid >> (int)txlog;
+    const i64 W = (i64)TX * VEC;
+    const i64 strips = (inner + W - 1) / W;
+    const i64 groups = outer * strips;
+    const i64 items = groups * G;
+    const i64 P = outer * inner;
+
+    for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
+        const i64 grp = item / G, c = item - grp * G;
+        const i64 o = grp / strips, strip = grp - o * strips;
+        const i64 i = strip * W + (i64)tx * VEC;
+        const T* xo = x + o * xs0 + i * xs2;
+        const T* bo = HAS_B ? b + o * bs0 + i * bs2 : b;
+        const i64 jb = c * CH;
+        const i64 je = n < jb + CH ? n : jb + CH;
+
+        State<A> st[VEC];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) st[e] = empty_state<A>();
+        for (i64 j = jb + ty; j < je; j += (i64)TY * U) {
+            A a[VEC][U], w[VEC][U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const i64 jj = j + (i64)u * TY;
+                const T* p = xo + jj * xs1;
+                A t[VEC];
+                if (VEC > 1 && jj < je && i < inner) {
+                    load_vec<T, VEC>(p, t);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e)
+                        t[e] = (jj < je && i + e < inner) ? load_acc(p + e * xs2) : neg_inf<A>();
+                }
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) {
+                    a[e][u] = t[e];
+                    if (HAS_B) {
+                        w[e][u] = (jj < je && i + e < inner) ? load_acc(bo + jj * bs1 + e * bs2) : A(0);
+                        a[e][u] = masked(a[e][u], w[e][u]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) fold_tile<A, U, HAS_B>(st[e], a[e], w[e]);
+        }
+        column_allreduce_state<THREADS, VEC>(st, rm, TX);
+
+        if (G == 1) {
+            if (ty == 0) {
+#pragma unroll
+                for (int e = 0; e < VEC; ++e)
+                    if (i + e < inner)
+                        write_state<T, A>(st[e], o * inner + i + e, out_kind, om, os, ov, osign);
+            }
+            continue;
+        }
+        if (ty == 0) {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                if (i + e < inner) {
+                    wm[c * P + o * inner + i + e] = st[e].m;
+                    ws[c * P + o * inner + i + e] = st[e].s;
+                }
+            }
+        }
+        if (group_arrive_last(cnt + grp, G, &last_flag)) {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) st[e] = empty_state<A>();
+            for (i64 q = ty; q < G; q += TY) {
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) {
+                    if (i + e < inner) {
+                        State<A> p;
+                        p.m = ld_cg(wm + q * P + o * inner + i + e);
+                        p.s = ld_cg(ws + q * P + o * inner + i + e);
+                        st[e] = merge(st[e], p);
+                    }
+                }
+            }
+            column_allreduce_state<THREADS, VEC>(st, rm, TX);
+            if (ty == 0) {
+#pragma unroll
+                for (int e = 0; e < VEC; ++e)
+                    if (i + e < inner)
+                        write_state<T, A>(st[e], o * inner + i + e, out_kind, om, os, ov, osign);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- merge of stacked states
+// (k, P) states -> P states (out_kind 0) or logsumexp/sign in TO (out_kind 1).
+// Groups of L = 2^lanes_log lanes share an entry (L = 32 for large k).
+template <typename TO, int THREADS>
+__device__ __forceinline__ void merge_states(
+    const typename AccOf<TO>::type* __restrict__ mp, const typename AccOf<TO>::type* __restrict__ sp,
+    i64 k, i64 P, i64 lanes_log, i64 out_kind,
+    typename AccOf<TO>::type* om, typename AccOf<TO>::type* os, TO* ov, TO* osign)
+{
+    typedef typename AccOf<TO>::type A;
+    const int L = 1 << (int)lanes_log;
+    const int lane = threadIdx.x & (L - 1);
+    const i64 per_block = THREADS / L;
+    for (i64 base = blockIdx.x * per_block; base < P; base += (i64)gridDim.x * per_block) {
+        const i64 p = base + threadIdx.x / L;
+        State<A> st = empty_state<A>();
+        if (p < P) {
+            for (i64 g = lane; g < k; g += L) {
+                State<A> q;
+                q.m = mp[g * P + p];
+                q.s = sp[g * P + p];
+                st = merge(st, q);
+            }
+        }
+        st = warp_allreduce_state(st, L);
+        if (lane == 0 && p < P) write_state<TO, A>(st, p, out_kind, om, os, ov, osign);
+    }
+}
+
+}  // namespace cs
+
+// ---------------------------------------------------------------- entry points
+// One extern "C" kernel per template instance; _kernels.py writes the list.
+#define CS_ACC(T) cs::AccOf<T>::type
+
+#define CS_ROW_SOFTMAX(NAME, T, VEC, THREADS, EPT, SPLIT, MINB)                             \
+    extern "C" __global__ void __launch_bounds__(THREADS, MINB) NAME(                       \
+        const T* x, cs::i64 xs0, cs::i64 xs1, T* out, cs::i64 rows, cs::i64 n,              \
+        cs::i64 tpr, cs::i64 G, cs::i64 mode, cs::i64 log_, CS_ACC(T)* sm, CS_ACC(T)* ss,   \
+        unsigned* cnt) {                                                                    \
+        cs::row_softmax<T, VEC, THREADS, EPT, SPLIT>(x, xs0, xs1, out, rows, n, tpr, G,     \
+                                                     mode, log_, sm, ss, cnt);              \
+    }
+
+#define CS_ROW_STATS(NAME, T, VEC, THREADS, HAS_B, MINB)                                    \
+    extern "C" __global__ void __launch_bounds__(THREADS, MINB) NAME(                       \
+        const T* x, cs::i64 xs0, cs::i64 xs1, const T* b, cs::i64 bs0, cs::i64 bs1,         \
+        cs::i64 rows, cs::i64 n, cs::i64 tpr, cs::i64 G, cs::i64 CH, cs::i64 out_kind,      \
+        CS_ACC(T)* om, CS_ACC(T)* os, T* ov, T* osign, CS_ACC(T)* wm, CS_ACC(T)* ws,        \
+        unsigned* cnt) {                                                                    \
+        cs::row_stats<T, VEC, THREADS, HAS_B>(x, xs0, xs1, b, bs0, bs1, rows, n, tpr, G,    \
+                                              CH, out_kind, om, os, ov, osign, wm, ws, cnt);\
+    }
+
+#define CS_COL_SOFTMAX(NAME, T, VEC, THREADS, R, MINB)                                      \
+    extern "C" __global__ void __launch_bounds__(THREADS, MINB) NAME(                       \
+        const T* x, cs::i64 xs0, cs::i64 xs1, cs::i64 xs2, T* out, cs::i64 outer,           \
+        cs::i64 n, cs::i64 inner, cs::i64 txlog, cs::i64 G, cs::i64 mode, cs::i64 log_,     \
+        CS_ACC(T)* sm, CS_ACC(T)* ss, unsigned* cnt) {                                      \
+        cs::col_softmax<T, VEC, THREADS, R>(x, xs0, xs1, xs2, out, outer, n, inner, txlog,  \
+                                            G, mode, log_, sm, ss, cnt);                    \
+    }
+
+#define CS_COL_STATS(NAME, T, VEC, THREADS, HAS_B, MINB)                                    \
+    extern "C" __global__ void __launch_bounds__(THREADS, MINB) NAME(                       \
+        const T* x, cs::i64 xs0, cs::i64 xs1, cs::i64 xs2, const T* b, cs::i64 bs0,         \
+        cs::i64 bs1, cs::i64 bs2, cs::i64 outer, cs::i64 n, cs::i64 inner, cs::i64 txlog,   \
+        cs::i64 G, cs::i64 CH, cs::i64 out_kind, CS_ACC(T)* om, CS_ACC(T)* os, T* ov,        \
+        T* osign, CS_ACC(T)* wm, CS_ACC(T)* ws, unsigned* cnt) {                            \
+        cs::col_stats<T, VEC, THREADS, HAS_B>(x, xs0, xs1, xs2, b, bs0, bs1, bs2, outer, n, \
+                                              inner, txlog, G, CH, out_kind, om, os, ov,    \
+                                              osign, wm, ws, cnt);                          \
+    }
+
+#define CS_MERGE_STATES(NAME, T, THREADS)                                                   \
+    extern "C" __global__ void __launch_bounds__(THREADS) NAME(                             \
+        const CS_ACC(T)* mp, const CS_ACC(T)* sp, cs::i64 k, cs::i64 P, cs::i64 lanes_log,  \
+        cs::i64 out_kind, CS_ACC(T)* om, CS_ACC(T)* os, T* ov, T* osign) {                  \
+        cs::merge_states<T, THREADS>(mp, sp, k, P, lanes_log, out_kind, om, os, ov, osign); \
+    }

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The one script run on the device machine (GPU): install, name the GPU, run the
+# test suite, compute-sanitizer over tools/sanitize_run.py, and the benchmark.
+# Logs, tables and plots go to $OUT (default /tmp/cupy_softmax_out).
+#
+#   tools/device_run.sh                      # tests sanitize bench
+#   tools/device_run.sh tests                # any subset of: tests sanitize bench sweep quick
+#   tools/device_run.sh bench sweep          # benchmark plus the size-table sweep
+#   tools/device_run.sh bench quick          # a quick subset of the benchmark
+# PYTEST_ARGS (default "-x", split on spaces) and PYTEST_K (one -k expression) are
+# added to the pytest command; T_TESTS, T_MEMCHECK,
+# T_RACECHECK, T_BENCH cap each step's seconds (a hang must not eat the machine time).
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT=${OUT:-/tmp/cupy_softmax_out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+
+parts=" $* "
+[ -z "${*}" ] && parts=" tests sanitize bench "
+want() { [[ "$parts" == *" $1 "* ]]; }
+status=0
+step() { printf '\n=== %s (%ds)\n' "$*" "$SECONDS"; }
+
+step "install"
+$PY -m pip install --no-deps --no-build-isolation -q -e . > /tmp/pip.log 2>&1 \
+    || { echo "pip install -e . failed:"; tail -20 /tmp/pip.log; status=1; }
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem \
+    --format=csv 2>&1 | head -3
+$PY - <<'PY'
+import time, cupy
+from cupy_softmax import _kernels
+p = cupy.cuda.runtime.getDeviceProperties(0)
+print("GPU:", p["name"].decode() if isinstance(p["name"], bytes) else p["name"],
+      f"{p['multiProcessorCount']} SMs, L2 {p['l2CacheSize'] / 2**20:.0f} MiB; cupy", cupy.__version__)
+t = time.perf_counter()
+print("compile (NVRTC, s per dtype):", {k: round(v, 1) for k, v in _kernels.compile_all().items()},
+      f"total {time.perf_counter() - t:.1f} s")
+PY
+
+if want tests; then
+    step "pytest (HYPOTHESIS_PROFILE=ci)"
+    # shellcheck disable=SC2086
+    kargs=(); [ -n "${PYTEST_K:-}" ] && kargs=(-k "$PYTEST_K")
+    HYPOTHESIS_PROFILE=ci timeout -k 10 "${T_TESTS:-300}" $PY -m pytest tests -q ${PYTEST_ARGS:--x} \
+        "${kargs[@]}" -p no:cacheprovider 2>&1 | tee "$OUT/pytest.log" | tail -40
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if want sanitize; then
+    step "compute-sanitizer memcheck"
+    timeout -k 10 "${T_MEMCHECK:-180}" compute-sanitizer --tool memcheck --error-exitcode 99 \
+        $PY tools/sanitize_run.py > "$OUT/sanitize.log" 2>&1
+    rc=$?; echo "memcheck exit $rc"; tail -5 "$OUT/sanitize.log"; [ $rc -eq 0 ] || status=1
+    step "compute-sanitizer racecheck"
+    timeout -k 10 "${T_RACECHECK:-120}" compute-sanitizer --tool racecheck --error-exitcode 99 \
+        $PY tools/sanitize_run.py --small >> "$OUT/sanitize.log" 2>&1
+    rc=$?; echo "racecheck exit $rc"; tail -5 "$OUT/sanitize.log"; [ $rc -eq 0 ] || status=1
+fi
+
+if want bench; then
+    step "benchmark"
+    args=(--out "$OUT")
+    want quick && args+=(--quick)
+    want sweep && args+=(--sweep)
+    timeout -k 10 "${T_BENCH:-300}" $PY bench/bench_gpu.py "${args[@]}" 2>&1 | tail -80
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+elif want sweep; then
+    step "size-table sweep"
+    $PY - "$OUT" <<'PY'
+import sys
+sys.argv = ["bench_gpu", "--out", sys.argv[1]]
+sys.path.insert(0, "bench")
+import bench_gpu as b, cupy
+p = cupy.cuda.runtime.getDeviceProperties(0)
+copy = b.copy_bandwidth()
+print(f"copy {copy:.0f} GB/s")
+s = b.sweep(20, p["l2CacheSize"], copy)
+print(s)
+open(sys.argv[1] + "/sweep.md", "w").write(s + "\n")
+PY
+fi
+
+step "done: status $status"
+exit $status
