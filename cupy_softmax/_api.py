@@ -367,7 +367,7 @@ def merge_states(*states):
     >>> from cupy_softmax import partial_state, merge_states, state_logsumexp
     >>> a, b = partial_state(np.array([1.0, 2.0])), partial_state(np.array([3.0]))
     >>> float(state_logsumexp(merge_states(a, b)))
-    3.40760596444438
+    3.4076059644443806
     """
     xp, backend = _dispatch.namespace(*(field for state in states for field in state))
     m_parts, s_parts, shape = _flat_state_parts(states, xp)

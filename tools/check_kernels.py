@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Compile every kernel entry point with nvcc, without a GPU and without CuPy.
 
-The instance list is cupy_softmax/_kernels.py's (loaded by path, so neither CuPy nor
-the package needs to be importable).  For each dtype module and each architecture
-(sm_90, sm_80) this prints registers, shared memory, stack frame and spills of every
-kernel, and exits non-zero on any compile error.  Options mirror CuPy's NVRTC build
+The instance lists are cupy_softmax/_kernels.py's (the softmax family, one module per
+dtype) and cupy_softmax/_attention.py's (attention, decode and merge entry points, all in
+one module here); both load with NumPy alone, not CuPy.  For each module and each
+architecture (sm_90, sm_80) this prints registers, shared memory, stack frame and spills
+of every kernel, and exits non-zero on any compile error.  Options mirror CuPy's NVRTC build
 (-std=c++17, -ftz=true).
 
     python tools/check_kernels.py [--arch sm_90 ...] [--dtype float32 ...] [--fail-on-spill]
@@ -30,6 +31,18 @@ def load_kernels_module():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def modules(km, dtypes):
+    """(label, source, entry points) of every module to compile."""
+    src_dir = ROOT / "kernels_cu"
+    for dtype in dtypes:
+        yield dtype, km.module_source(dtype, src_dir), [name for _, name, _ in km.instances(dtype)]
+    sys.path.insert(0, str(ROOT))
+    from cupy_softmax import _attention
+    attention = _attention.kernel_instances()
+    yield ("attention", _attention.module_source(*(line for _, line in attention)),
+           [name for name, _ in attention])
 
 
 def find_nvcc():
@@ -62,11 +75,11 @@ def parse_ptxas(text):
     return res
 
 
-def compile_one(nvcc, km, dtype, arch, workdir):
+def compile_one(nvcc, km, label, source, arch, workdir):
     src_dir = ROOT / "kernels_cu"
-    cu = pathlib.Path(workdir) / f"{dtype}.cu"
-    cu.write_text(km.module_source(dtype, src_dir))
-    out = pathlib.Path(workdir) / f"{dtype}_{arch}.cubin"
+    cu = pathlib.Path(workdir) / f"{label}_{arch}.cu"
+    cu.write_text(source)
+    out = pathlib.Path(workdir) / f"{label}_{arch}.cubin"
     cmd = [nvcc, "-cubin", f"-arch={arch}", "-std=c++17", "-ftz=true", "-Xptxas", "-v",
            f"-I{src_dir}", f"-DCUPY_SOFTMAX_SRC_HASH={km.source_hash(str(src_dir))}",
            "-o", str(out), str(cu)]
@@ -87,26 +100,28 @@ def main():
     if nvcc is None:
         print("check_kernels: nvcc not found", file=sys.stderr)
         return 2
-    expected = {d: [name for _, name, _ in km.instances(d)] for d in dtypes}
+    sources = {label: (source, names) for label, source, names in modules(km, dtypes)}
+    expected = {label: names for label, (_, names) in sources.items()}
 
     failed, spills = False, 0
     with tempfile.TemporaryDirectory() as tmp:
-        jobs = [(d, a) for d in dtypes for a in args.arch]
+        jobs = [(label, a) for label in sources for a in args.arch]
         with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as ex:
-            results = list(ex.map(lambda da: compile_one(nvcc, km, da[0], da[1], tmp), jobs))
-    for (dtype, arch), (rc, log) in zip(jobs, results):
-        print(f"== {dtype} {arch}: {'ok' if rc == 0 else 'COMPILE ERROR'}")
+            results = list(ex.map(
+                lambda job: compile_one(nvcc, km, job[0], sources[job[0]][0], job[1], tmp), jobs))
+    for (label, arch), (rc, log) in zip(jobs, results):
+        print(f"== {label} {arch}: {'ok' if rc == 0 else 'COMPILE ERROR'}")
         if rc != 0:
             failed = True
             print(log)
             continue
         info = parse_ptxas(log)
-        missing = [n for n in expected[dtype] if n not in info]
+        missing = [n for n in expected[label] if n not in info]
         if missing:
             failed = True
             print(f"   missing entry points: {missing}")
-        print(f"   {'kernel':<34} {'regs':>4} {'smem':>6} {'stack':>5} {'spill st/ld':>11}")
-        for name in expected[dtype]:
+        print(f"   {'kernel':<40} {'regs':>4} {'smem':>6} {'stack':>5} {'spill st/ld':>11}")
+        for name in expected[label]:
             r = info.get(name)
             if r is None:
                 continue
@@ -114,7 +129,7 @@ def main():
             if r["spill_st"] or r["spill_ld"]:
                 spills += 1
                 flag = "  <-- spills"
-            print(f"   {name:<34} {r['regs']:>4} {r['smem']:>6} {r['stack']:>5} "
+            print(f"   {name:<40} {r['regs']:>4} {r['smem']:>6} {r['stack']:>5} "
                   f"{r['spill_st']:>5}/{r['spill_ld']:<5}{flag}")
         warnings = [l for l in log.splitlines() if "warning" in l.lower()]
         for w in warnings[:20]:
