@@ -5,10 +5,13 @@ over n, with any element strides (never written), and C-contiguous outputs that 
 allocated.  Which kernel and tile shape runs is decided here, from the size tables
 in ``_kernels.py``:
 
-* inner == 1 (rows): ``row_softmax`` holds a row (or a chunk of it) in registers;
-  rows longer than one block's chunk, or too few rows to fill the GPU, are split
-  over G blocks that exchange partial states (cooperative launch, mode 1).  Past
-  what the GPU can hold at once: state (``row_stats``), then normalise (mode 2).
+* inner == 1 (rows): ``row_softmax`` holds a row (or a chunk of it) in registers or
+  staged in shared memory; rows longer than one block's chunk are split over a
+  cluster of G blocks (sm_90; both from ``K.ROW_TABLE``), or, for rows past the
+  table, few rows that would leave SMs idle, misaligned rows and GPUs without
+  clusters, over G blocks that exchange partial states through global memory
+  (cooperative launch, mode 1).  Past what the GPU can hold at once: state
+  (``row_stats``), then normalise (mode 2).
 * inner > 1 (columns): ``col_softmax`` reads W consecutive columns coalesced and
   walks n, split over G blocks in the same way when n is a few blocks long, and
   state-then-normalise beyond (``K.COL_SPLIT_MAX``).
@@ -20,15 +23,20 @@ All launches go to CuPy's current stream.
 """
 
 import functools
+import warnings
 
 import cupy
 
 from . import _kernels as K
 
 # Overrides of the size table, for benchmarks (bench/bench_gpu.py --sweep) and tests:
-#   "row_entry": (threads, ept) of a SPLIT_CHUNKS entry, forces split rows with it;
-#   "three_pass": True/False, forces (or, for columns, forbids) state-then-normalise;
-#   "col_R": rows per thread of col_softmax (one of COL_R); "stats_G": chunks per slice.
+#   "row_entry": (threads, ept, xch) of a row_softmax instance with xch >= 1, forces
+#       split rows with it (xch 1: SPLIT_CHUNKS, global exchange; >= 2: a cluster);
+#   "row_block": (threads, ept, tpr, staged) of an unsplit row_softmax instance (tpr 0:
+#       auto);
+#   "three_pass": True forces state-then-normalise;
+#   "col_R": rows per thread of col_softmax (one of COL_R); "stats_G": chunks per slice;
+#   "col_row_bytes": bytes of a row that a column block's TX threads cover.
 TUNE = {}
 
 
@@ -64,16 +72,16 @@ def _ptr(a):
     return 0 if a is None else a
 
 
-def _launch(dname, name, grid, threads, args, coop=False):
-    fn = K.get_function(dname, name)
+def _launch(dname, name, grid, threads, args, coop=False, smem=0):
+    fn = K.get_function(dname, name, smem)
     if coop:
-        fn((grid,), (threads,), args, enable_cooperative_groups=True)
+        fn((grid,), (threads,), args, shared_mem=smem, enable_cooperative_groups=True)
     else:
-        fn((grid,), (threads,), args)
+        fn((grid,), (threads,), args, shared_mem=smem)
 
 
-def _resident(dname, name, threads):
-    return K.resident_blocks(K.get_function(dname, name), name, threads)
+def _resident(dname, name, threads, smem=0):
+    return K.resident_blocks(K.get_function(dname, name, smem), name, threads, smem)
 
 
 _counter_bufs = {}   # (device, stream) -> zeroed uint32 counters, kept zero by the kernels
@@ -103,15 +111,15 @@ def _aligned(a, *elem_strides):
 # ---------------------------------------------------------------------------------
 # rows (inner == 1)
 
-def _row_entry(itemsize, n):
+def _row_entry(itemsize, n, clusters):
     for entry in K.ROW_TABLE[itemsize]:
         if n <= entry[0]:
-            return entry
+            return entry if clusters or entry[4] == 1 else None
     return None
 
 
 def _row_tpr(entry, n):
-    max_n, threads, ept, tpr = entry
+    tpr, ept = entry[3], entry[2]
     return tpr if tpr else min(32, _pow2_at_least(_cdiv(n, ept)))
 
 
@@ -120,28 +128,36 @@ def _tune_key():
 
 
 @functools.lru_cache(maxsize=4096)
-def _row_softmax_plan(itemsize, rows, n, nsm, split_ok, tune):
-    """(threads, ept, tpr, G, split): G > 1 splits each row over G blocks (tpr == threads);
-    split: the instance with the exchange of partial states (mode 1)."""
+def _row_softmax_plan(itemsize, rows, n, nsm, split_ok, clusters, tune):
+    """(threads, ept, tpr, G, xch, staged): G > 1 splits each row over G blocks (tpr ==
+    threads); xch: the instance's exchange (0 none, 1 global memory, >= 2 a cluster of
+    G == xch blocks).  split_ok False (normalise against a given state): no exchange."""
     tune = dict(tune)
     chunks = K.SPLIT_CHUNKS[itemsize]
-    if "row_entry" in tune:                              # (threads, ept) of a split chunk
-        threads, ept = tune["row_entry"]
-        return threads, ept, threads, _cdiv(n, threads * ept), True
-    entry = _row_entry(itemsize, n)
+    if "row_entry" in tune:                              # (threads, ept, xch), xch >= 1
+        threads, ept, xch = tune["row_entry"]
+        if xch >= 2 and n > threads * ept * xch:
+            raise ValueError(f"row_entry {tune['row_entry']} does not cover n = {n}")
+        return threads, ept, threads, (xch if xch >= 2 else _cdiv(n, threads * ept)), xch, True
+    if "row_block" in tune:                              # (threads, ept, tpr, staged)
+        threads, ept, tpr, staged = tune["row_block"]
+        return threads, ept, _row_tpr((n, threads, ept, tpr), n), 1, 0, staged
+    entry = _row_entry(itemsize, n, clusters)
     few_rows = rows < nsm // 2 and n >= 4096
     if entry is not None and not (split_ok and few_rows):
-        return entry[1], entry[2], _row_tpr(entry, n), 1, False
-    if not split_ok:                                     # normalise: chunks, no exchange
-        threads, ept = chunks[-1]
-        return threads, ept, threads, _cdiv(n, threads * ept), False
-    choice = chunks[0]
-    for c in reversed(chunks):
-        if rows * _cdiv(n, c[0] * c[1]) >= nsm:
-            choice = c
-            break
-    threads, ept = choice
-    return threads, ept, threads, _cdiv(n, threads * ept), True
+        max_n, threads, ept, tpr, g, staged = entry
+        if g == 1:
+            return threads, ept, _row_tpr(entry, n), 1, 0, staged
+        return threads, ept, threads, g, g, staged
+    threads, ept = chunks[-1]
+    if split_ok:
+        for c in reversed(chunks):                       # largest chunk that fills the GPU
+            if rows * _cdiv(n, c[0] * c[1]) >= nsm:
+                threads, ept = c
+                break
+        else:
+            threads, ept = chunks[0]
+    return threads, ept, threads, _cdiv(n, threads * ept), 1, True
 
 
 def _row_softmax(x3, out3, log, st_m=None, st_s=None):
@@ -155,25 +171,38 @@ def _row_softmax(x3, out3, log, st_m=None, st_s=None):
         and _aligned(out3, *((n,) if rows > 1 else ()))
     vec = K.vec_width(isz) if vec_ok else 1
     external = st_m is not None
-    threads, ept, tpr, G, split = _row_softmax_plan(isz, rows, n, nsm, not external, _tune_key())
-    key = DTYPE_KEY[dname]
-    name = K.row_softmax_name(key, vec, threads, ept, split)
+    threads, ept, tpr, G, xch, staged = _row_softmax_plan(
+        isz, rows, n, nsm, not external, vec > 1 and K.has_clusters(), _tune_key())
+    if xch >= 2 and vec == 1:                            # a forced row_entry (tests)
+        raise ValueError("cluster instances need 16-byte vectors")
+    name = K.row_softmax_name(DTYPE_KEY[dname], vec, threads, ept, xch, staged)
+    smem = K.row_softmax_smem(isz, threads, ept, staged)
     items = rows * G if tpr == threads else _cdiv(rows, threads // tpr)
     if external:
         args = (x3, xs0, xs1, out3, rows, n, tpr, G, 2, int(log), st_m, st_s, 0)
-        _launch(dname, name, items, threads, args)
+        _launch(dname, name, items, threads, args, smem=smem)
         return
     if G == 1:
         args = (x3, xs0, xs1, out3, rows, n, tpr, 1, 0, int(log), 0, 0, 0)
-        _launch(dname, name, items, threads, args)
+        _launch(dname, name, items, threads, args, smem=smem)
         return
-    resident = _resident(dname, name, threads)
+    if xch >= 2:                                         # a cluster of G blocks per row
+        args = (x3, xs0, xs1, out3, rows, n, tpr, G, 1, int(log), 0, 0, 0)
+        try:
+            _launch(dname, name, items, threads, args, smem=smem)
+        except cupy.cuda.driver.CUDADriverError as exc:  # a launch error is not sticky
+            K.disable_clusters()
+            warnings.warn(f"cupy_softmax: cluster launch failed ({exc}); split rows now "
+                          "exchange through global memory", stacklevel=3)
+            _row_softmax(x3, out3, log)
+        return
+    resident = _resident(dname, name, threads, smem)
     if G <= resident and not TUNE.get("three_pass"):
         acc = _acc_dtype(x3.dtype)
         ws_m = cupy.empty(items, acc)
         ws_s = cupy.empty(items, acc)
         args = (x3, xs0, xs1, out3, rows, n, tpr, G, 1, int(log), ws_m, ws_s, _counters(2 * rows))
-        _launch(dname, name, min(items, resident), threads, args, coop=True)
+        _launch(dname, name, min(items, resident // G * G), threads, args, coop=True, smem=smem)
         return
     # Too long to hold on the GPU at once: state, then normalise (reads the input twice).
     acc = _acc_dtype(x3.dtype)
@@ -184,9 +213,10 @@ def _row_softmax(x3, out3, log, st_m=None, st_s=None):
 
 
 @functools.lru_cache(maxsize=4096)
-def _row_stats_plan(itemsize, vec, has_b, rows, n, nsm, tune):
+def _row_stats_plan(itemsize, vec, has_b, rows, n, nsm, slots, tune):
     """(tpr, G, CH) for the streaming row kernels: a (sub-)warp per short row, a block
-    per long one; few long rows are split into G chunks of one pass each."""
+    per long one; rows fewer than the blocks the GPU holds at once (slots) are split
+    into G chunks so that every slot streams one."""
     per_thread = vec * K.stats_unroll(itemsize, vec, has_b)     # elements per pass
     if n <= 8 * per_thread * 32 and rows >= 4 * nsm:
         # (sub-)warp per row: one pass per lane for short rows, a few for longer ones
@@ -194,8 +224,8 @@ def _row_stats_plan(itemsize, vec, has_b, rows, n, nsm, tune):
     tpr = K.THREADS
     per_pass = tpr * per_thread
     G = 1
-    if rows < nsm // 2:                  # run 3's sweep: 128 long rows are faster unsplit
-        G = max(1, min(_cdiv(n, per_pass), _cdiv(2 * nsm, rows)))
+    if rows < slots:
+        G = max(1, min(_cdiv(n, per_pass), slots // rows))
     G = dict(tune).get("stats_G", G)
     CH = max(1, _cdiv(_cdiv(n, G), tpr * vec)) * tpr * vec
     return tpr, max(1, _cdiv(n, CH)), CH
@@ -209,9 +239,10 @@ def _row_stats(x3, b3, rows, n, out_kind, om=None, os=None, ov=None, osign=None)
     vec_ok = xs1 == 1 and _aligned(x3, *((xs0,) if rows > 1 else ()))
     vec = K.vec_width(isz) if vec_ok else 1
     has_b = b3 is not None
-    tpr, G, CH = _row_stats_plan(isz, vec, has_b, rows, n, K.sm_count(), _tune_key())
-    bs0, bs1 = _estrides(b3)[:2] if has_b else (0, 0)
     name = K.row_stats_name(DTYPE_KEY[dname], vec, has_b)
+    slots = _resident(dname, name, K.THREADS)
+    tpr, G, CH = _row_stats_plan(isz, vec, has_b, rows, n, K.sm_count(), slots, _tune_key())
+    bs0, bs1 = _estrides(b3)[:2] if has_b else (0, 0)
     items = rows * G if tpr == K.THREADS else _cdiv(rows, K.THREADS // tpr)
     wm = ws = cnt = 0
     if G > 1:
@@ -227,7 +258,8 @@ def _row_stats(x3, b3, rows, n, out_kind, om=None, os=None, ov=None, osign=None)
 
 def _col_layout(x3, itemsize, out3=None):
     """(vec, txlog): vectors along inner where contiguous and aligned; TX threads
-    cover 128 bytes of a row (or all of a narrow one)."""
+    cover K.COL_ROW_BYTES of a row (or all of a narrow one): the wide ones where
+    their strips alone give half the SMs one."""
     outer, n, inner = x3.shape
     xs0, xs1, xs2 = _estrides(x3)
     v = K.vec_width(itemsize)
@@ -235,7 +267,10 @@ def _col_layout(x3, itemsize, out3=None):
     vec_ok = xs2 == 1 and inner % v == 0 and _aligned(x3, *strides) \
         and (out3 is None or out3.data.ptr % 16 == 0)
     vec = v if vec_ok else 1
-    tx = min(_pow2_at_least(_cdiv(inner, vec)), max(1, 128 // (vec * itemsize)))
+    narrow, wide = K.COL_ROW_BYTES
+    row_bytes = TUNE.get("col_row_bytes") or \
+        (wide if 2 * outer * _cdiv(inner * itemsize, wide) >= K.sm_count() else narrow)
+    tx = min(_pow2_at_least(_cdiv(inner, vec)), max(1, row_bytes // (vec * itemsize)))
     return vec, tx.bit_length() - 1
 
 
@@ -251,28 +286,30 @@ def _col_softmax(x3, out3, log, st_m=None, st_s=None):
     R = next((r for r in rs if TY * r >= n), rs[-1])
     R = TUNE.get("col_R", R)
     G = _cdiv(n, TY * R)
-    three_pass = TUNE.get("three_pass", G > K.COL_SPLIT_MAX)
     strips = _cdiv(inner, TX * vec)
     groups = outer * strips
     items = groups * G
     name = K.col_softmax_name(DTYPE_KEY[dname], vec, R)
+    smem = K.col_softmax_smem(isz, vec, R)
     if st_m is not None:
         args = (x3, xs0, xs1, xs2, out3, outer, n, inner, txlog, G, 2, int(log), st_m, st_s, 0)
-        _launch(dname, name, items, K.THREADS, args)
+        _launch(dname, name, items, K.THREADS, args, smem=smem)
         return
     if G == 1:
         args = (x3, xs0, xs1, xs2, out3, outer, n, inner, txlog, 1, 0, int(log), 0, 0, 0)
-        _launch(dname, name, items, K.THREADS, args)
+        _launch(dname, name, items, K.THREADS, args, smem=smem)
         return
-    resident = _resident(dname, name, K.THREADS)
-    if G <= resident and not three_pass:
+    resident = _resident(dname, name, K.THREADS, smem)
+    if G <= min(resident, K.COL_SPLIT_MAX) and not TUNE.get("three_pass"):
+        # whole slices per round of the persistent grid: no slice waits on a block that
+        # is still busy with an earlier slice
         acc = _acc_dtype(x3.dtype)
         W = TX * vec
         ws_m = cupy.empty(items * W, acc)
         ws_s = cupy.empty(items * W, acc)
         args = (x3, xs0, xs1, xs2, out3, outer, n, inner, txlog, G, 1, int(log), ws_m, ws_s,
                 _counters(2 * groups))
-        _launch(dname, name, min(items, resident), K.THREADS, args, coop=True)
+        _launch(dname, name, min(items, resident // G * G), K.THREADS, args, coop=True, smem=smem)
         return
     acc = _acc_dtype(x3.dtype)
     m = cupy.empty((outer, inner), acc)
@@ -290,17 +327,17 @@ def _col_stats(x3, b3, out_kind, om, os, ov, osign):
     TX = 1 << txlog
     TY = K.THREADS // TX
     groups = outer * _cdiv(inner, TX * vec)
-    nsm = K.sm_count()
     has_b = b3 is not None
+    name = K.col_stats_name(DTYPE_KEY[dname], vec, has_b)
+    slots = _resident(dname, name, K.THREADS)
     G = 1
-    if groups < 2 * nsm:                 # about two blocks per SM (run 3's sweep)
+    if groups < slots:                   # one block per slot (run 3's sweep: not more)
         rows_per_pass = TY * K.stats_unroll(isz, vec, has_b)
-        G = max(1, min(_cdiv(n, 2 * rows_per_pass), _cdiv(2 * nsm, groups)))
+        G = max(1, min(_cdiv(n, 2 * rows_per_pass), slots // groups))
     G = TUNE.get("stats_G", G)
     CH = max(1, _cdiv(n, G))
     G = max(1, _cdiv(n, CH))
     bs = _estrides(b3) if has_b else (0, 0, 0)
-    name = K.col_stats_name(DTYPE_KEY[dname], vec, has_b)
     wm = ws = cnt = 0
     if G > 1:
         acc = _acc_dtype(x3.dtype)

@@ -27,44 +27,70 @@ THREADS = 256           # block size of every kernel but the block-per-row softm
 
 # ---------------------------------------------------------------------------------
 # Size table of the row softmax (reduced axis last), per itemsize: the first entry
-# whose max_n covers the row is taken.  Each thread keeps ept elements in registers
-# (16-bit ones packed); tpr threads share a row (a power of two: sub-warp, warp, or
-# the whole block).  tpr 0 means "the smallest power of two <= 32 that covers the
-# row", so short rows still give every thread ept elements (several loads in flight).
-#            max_n   threads  ept  tpr
+# whose max_n covers the row is taken.  A block's threads x ept elements are its chunk,
+# read once and written once, held in registers or staged in shared memory (cp.async:
+# in flight without holding registers, so large chunks keep many blocks per SM; runs 5
+# and 6 of the notes: registers win on float32 rows up to 4096, staging on 16-bit ones).  tpr threads share a row
+# (a power of two: sub-warp, warp, or the whole block); tpr 0 means "the smallest power
+# of two <= 32 that covers the row", so short rows still give every thread ept
+# elements.  G > 1: a row is split over a cluster of G blocks (sm_90) that exchange
+# their states through distributed shared memory.
+#            max_n   threads  ept  tpr    G  staged
 ROW_TABLE = {
-    4: [(512, 256, 16, 0),         # float32: 16-byte vectors of 4
-        (1024, 256, 32, 32),       # warp per row up to 1024
-        (2048, 256, 8, 256),
-        (4096, 256, 16, 256),
-        (8192, 256, 32, 256)],     # block per row up to 8192, then split rows
-    2: [(1024, 256, 32, 0),        # float16 / bfloat16: vectors of 8
-        (2048, 256, 8, 256),
-        (4096, 256, 16, 256),
-        (8192, 256, 32, 256)],
-    8: [(256, 256, 8, 0),          # float64: vectors of 2
-        (512, 256, 16, 32),
-        (1024, 256, 4, 256),
-        (2048, 256, 8, 256),
-        (4096, 256, 16, 256)],
+    4: [(512, 256, 16, 0, 1, False),    # float32: sub-warp per row, 16-byte vectors of 4
+        (1024, 256, 32, 32, 1, False),  # warp per row
+        (2048, 128, 16, 128, 1, True),  # block per row
+        (4096, 256, 16, 256, 1, False),
+        (8192, 256, 32, 256, 1, True),
+        (16384, 256, 32, 256, 2, True),     # cluster of G blocks per row, 32 KB each
+        (32768, 256, 32, 256, 4, True),
+        (65536, 256, 32, 256, 8, True),
+        (131072, 256, 64, 256, 8, True)],   # 64 KB per block
+    2: [(1024, 256, 32, 0, 1, True),    # float16 / bfloat16: vectors of 8
+        (2048, 256, 64, 0, 1, True),
+        (4096, 128, 32, 128, 1, True),
+        (8192, 256, 32, 256, 1, True),
+        (16384, 256, 64, 256, 1, True),
+        (32768, 256, 64, 256, 2, True),
+        (65536, 256, 64, 256, 4, True),
+        (131072, 256, 64, 256, 8, True)],
+    8: [(256, 256, 8, 0, 1, False),     # float64: vectors of 2
+        (512, 256, 16, 32, 1, False),
+        (1024, 128, 8, 128, 1, True),
+        (2048, 256, 8, 256, 1, True),
+        (4096, 256, 16, 256, 1, True),
+        (8192, 256, 16, 256, 2, True),
+        (16384, 256, 16, 256, 4, True),
+        (32768, 256, 16, 256, 8, True)],
 }
-# Longer rows (or few rows that would leave SMs idle) are split into chunks of
-# threads x ept elements, G blocks per row that exchange their partial states (mode 1):
-# the largest chunk that still gives every SM a block, else the smallest.
+# Longer rows, few rows that would leave SMs idle, rows without 16-byte vectors, or a
+# GPU without clusters: chunks of threads x ept elements, G blocks per row that exchange
+# their partial states through global memory (cooperative launch): the largest chunk
+# that still gives every SM a block, else the smallest.
 #            (threads, ept), ascending
-SPLIT_CHUNKS = {4: [(256, 8), (256, 16)], 2: [(256, 16), (256, 32)], 8: [(256, 8), (256, 16)]}
+SPLIT_CHUNKS = {4: [(256, 8), (256, 16), (256, 32)], 2: [(256, 16), (256, 32), (256, 64)],
+                8: [(256, 8), (256, 16)]}
 
-# Column softmax (reduced axis not last): rows of the chunk each thread keeps
-# (R * VEC values in registers); a block covers TY * R rows of n.  Slices of n longer
-# than COL_SPLIT_MAX blocks take the three-pass route (stats, merge, normalise).
-COL_R = {4: (1, 4, 12), 2: (1, 4, 6), 8: (1, 4, 8)}
+# Column softmax (reduced axis not last): rows of the chunk each thread stages (R
+# vectors); a block covers TY * R rows of n.  Slices of n longer than COL_SPLIT_MAX
+# blocks take the three-pass route (stats, then normalise); shorter ones are split
+# over G blocks that exchange states (cooperative launch).  A block's TX threads
+# cover COL_ROW_BYTES (narrow, wide) of a row (all of a narrower one): wide where the
+# wide strips alone give half the SMs one (8192x32000 softmax: f32 59% against 55%,
+# f16 50% against 30%), else narrow, so that the stats split n into fewer chunks
+# (32768x1024 stats: 74% against 61%).
+COL_R = {4: (1, 4, 16), 2: (1, 4, 16), 8: (1, 4, 16)}
 COL_SPLIT_MAX = 16
+COL_ROW_BYTES = (128, 512)
 
 
 def stats_unroll(itemsize, vec, has_b):
     """Vectors in flight per thread and pass of the stats kernels (as in softmax.cu)."""
-    e = (16 if has_b else 32) // (2 if itemsize == 8 else 1)
-    return max(e, 8) if vec == 1 else e // vec
+    if itemsize == 8:
+        e = 8 if has_b else 16
+    else:
+        e = 16 if has_b else (64 if itemsize == 2 and vec > 1 else 32)
+    return e // vec
 
 
 def vec_width(itemsize):
@@ -73,10 +99,22 @@ def vec_width(itemsize):
 
 
 def _row_softmax_shapes(itemsize):
-    """(threads, ept, split) of every row_softmax instance."""
-    plain = {(threads, ept, False) for _, threads, ept, _ in ROW_TABLE[itemsize]}
-    split = {(threads, ept, True) for threads, ept in SPLIT_CHUNKS[itemsize]}
-    return sorted(plain | split)
+    """(threads, ept, xch, staged) of every row_softmax instance: xch 0 a block (or
+    less) per row, 1 split rows exchanging through global memory (staged), >= 2 a
+    cluster of xch blocks."""
+    table = {(threads, ept, g if g > 1 else 0, staged)
+             for _, threads, ept, _, g, staged in ROW_TABLE[itemsize]}
+    split = {(threads, ept, 1, True) for threads, ept in SPLIT_CHUNKS[itemsize]}
+    return sorted(table | split)
+
+
+def row_softmax_smem(itemsize, threads, ept, staged):
+    """Dynamic shared memory (bytes) of a row_softmax instance: its staged chunk."""
+    return threads * ept * itemsize if staged else 0
+
+
+def col_softmax_smem(itemsize, vec, r):
+    return THREADS * r * vec * itemsize
 
 
 def instances(dtype_name):
@@ -84,32 +122,66 @@ def instances(dtype_name):
     key, ctype, itemsize = DTYPES[dtype_name]
     out = []
     for vec in (vec_width(itemsize), 1):
-        for threads, ept, split in _row_softmax_shapes(itemsize):
-            minb = row_softmax_min_blocks(itemsize, threads, ept)
-            out.append(("CS_ROW_SOFTMAX", row_softmax_name(key, vec, threads, ept, split),
-                        (ctype, vec, threads, ept, "true" if split else "false", minb)))
+        for threads, ept, xch, staged in _row_softmax_shapes(itemsize):
+            if xch >= 2 and vec == 1:              # clusters only for 16-byte vectors
+                continue
+            minb = row_softmax_min_blocks(itemsize, vec, threads, ept, staged)
+            cluster = f"CS_CLUSTER({xch})" if xch >= 2 else ""
+            out.append(("CS_ROW_SOFTMAX", row_softmax_name(key, vec, threads, ept, xch, staged),
+                        (ctype, vec, threads, ept, xch, "true" if staged else "false", minb,
+                         cluster)))
         for has_b in (0, 1):
             out.append(("CS_ROW_STATS", row_stats_name(key, vec, has_b),
-                        (ctype, vec, THREADS, "true" if has_b else "false", 2)))
+                        (ctype, vec, THREADS, "true" if has_b else "false",
+                         stats_min_blocks(itemsize, has_b))))
         for r in COL_R[itemsize]:
+            minb = col_softmax_min_blocks(itemsize, vec, r)
             out.append(("CS_COL_SOFTMAX", col_softmax_name(key, vec, r),
-                        (ctype, vec, THREADS, r, 2)))
+                        (ctype, vec, THREADS, r, minb)))
         for has_b in (0, 1):
             out.append(("CS_COL_STATS", col_stats_name(key, vec, has_b),
-                        (ctype, vec, THREADS, "true" if has_b else "false", 2)))
+                        (ctype, vec, THREADS, "true" if has_b else "false",
+                         stats_min_blocks(itemsize, has_b, cols=True))))
     out.append(("CS_MERGE_STATES", merge_states_name(key), (ctype, THREADS)))
     return out
 
 
-def row_softmax_min_blocks(itemsize, threads, ept):
-    """__launch_bounds__ minimum blocks per SM: 1024 threads per SM (64 registers),
-    512 when a thread holds more than 32 registers of data (64 halves, 16 doubles)."""
-    words = ept * itemsize // 4
-    return max(1, (512 if words > 32 or (itemsize == 8 and ept >= 16) else 1024) // threads)
+SMEM_PER_SM = 227 * 1024   # usable shared memory per SM on sm_90 (sm_80: 163 KB)
 
 
-def row_softmax_name(key, vec, threads, ept, split=False):
-    return f"row_softmax_{key}_v{vec}_t{threads}_e{ept}" + ("_split" if split else "")
+def min_blocks(threads, smem, regs):
+    """__launch_bounds__ minimum blocks per SM: as many as the shared memory allows,
+    but at most as many as leave `regs` registers per thread."""
+    return max(1, min(65536 // (threads * regs), SMEM_PER_SM // (smem + 1024)))
+
+
+def row_softmax_min_blocks(itemsize, vec, threads, ept, staged):
+    """Staged: 40 registers (1536 threads per SM); 64 for float64 and for scalar loads
+    (which pass through registers on their way to shared memory).  In registers: 64,
+    or 128 when the chunk takes more than 32 registers (64 halves, 16 doubles)."""
+    if staged:
+        regs = 64 if itemsize == 8 or vec == 1 else 40
+    else:
+        words = ept * itemsize // 4
+        regs = 128 if words > 32 or (itemsize == 8 and ept >= 16) else 64
+    return min_blocks(threads, row_softmax_smem(itemsize, threads, ept, staged), regs)
+
+
+def col_softmax_min_blocks(itemsize, vec, r):
+    """A thread keeps VEC column states: 80 registers, 96 for 8 columns, 128 in float64."""
+    regs = {8: 128, 4: 80, 2: 96 if vec > 1 else 80}[itemsize]
+    return min_blocks(THREADS, col_softmax_smem(itemsize, vec, r), regs)
+
+
+def stats_min_blocks(itemsize, has_b, cols=False):
+    """row_stats: 64 registers (32 warps per SM) where that does not spill; col_stats 80."""
+    if itemsize == 8:
+        return 2
+    return (3 if has_b or itemsize == 2 else 4) if not cols else 3
+
+
+def row_softmax_name(key, vec, threads, ept, xch, staged):
+    return f"row_softmax_{key}_v{vec}_t{threads}_e{ept}_x{xch}" + ("s" if staged else "r")
 
 
 def row_stats_name(key, vec, has_b):
@@ -171,8 +243,8 @@ def compile_options(directory=None):
 # CuPy side (imports CuPy lazily).
 
 _modules = {}     # (device, dtype name) -> cupy.RawModule
-_functions = {}   # (device, name) -> cupy.cuda.function.Function
-_occupancy = {}   # (device, name, threads) -> resident blocks per SM
+_functions = {}   # (device, name) -> [cupy.cuda.function.Function, dynamic smem allowed]
+_occupancy = {}   # (device, name, threads, smem) -> resident blocks on the device
 
 
 def _device():
@@ -191,24 +263,30 @@ def get_module(dtype_name):
     return mod
 
 
-def get_function(dtype_name, name):
-    """The compiled entry point ``name`` (a cupy.cuda.function.Function)."""
+def get_function(dtype_name, name, smem=0):
+    """The compiled entry point ``name`` (a cupy.cuda.function.Function), allowed
+    ``smem`` bytes of dynamic shared memory."""
     dev = _device()
-    fn = _functions.get((dev, name))
-    if fn is None:
-        fn = get_module(dtype_name).get_function(name).kernel
-        _functions[(dev, name)] = fn
+    entry = _functions.get((dev, name))
+    if entry is None:
+        entry = [get_module(dtype_name).get_function(name).kernel, 48 * 1024]
+        _functions[(dev, name)] = entry
+    fn, allowed = entry
+    if smem > allowed:                   # above 48 KB a kernel must opt in
+        from cupy_backends.cuda.api import driver
+        driver.funcSetAttribute(fn.ptr, driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem)
+        entry[1] = smem
     return fn
 
 
-def resident_blocks(fn, name, threads):
+def resident_blocks(fn, name, threads, smem=0):
     """Blocks of ``fn`` that fit on the whole device at once (cooperative launch limit)."""
     dev = _device()
-    key = (dev, name, threads)
+    key = (dev, name, threads, smem)
     v = _occupancy.get(key)
     if v is None:
         from cupy_backends.cuda.api import driver
-        per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, threads, 0)
+        per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, threads, smem)
         v = per_sm * sm_count()
         _occupancy[key] = v
     return v
@@ -222,6 +300,25 @@ def _sm_count(dev):
 
 def sm_count():
     return _sm_count(_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _has_clusters(dev):
+    import cupy
+    return cupy.cuda.runtime.getDeviceProperties(dev)["major"] >= 9
+
+
+_no_clusters = set()   # devices where a cluster launch failed
+
+
+def has_clusters():
+    """Thread-block clusters (compute capability 9.0 and later)."""
+    dev = _device()
+    return dev not in _no_clusters and _has_clusters(dev)
+
+
+def disable_clusters():
+    _no_clusters.add(_device())
 
 
 def compile_all(dtype_names=tuple(DTYPES)):

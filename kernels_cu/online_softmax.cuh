@@ -20,8 +20,10 @@
 // exp_acc is an exp that keeps subnormal results.
 //
 // Also here: element types (float16/bfloat16 as raw bits, converted with PTX), 16-byte
-// vector loads/stores, warp/block reductions of values and of states, and the
-// inter-block exchange of states used by the split kernels.
+// vector loads/stores, a thread's chunk in registers or staged in shared memory (cp.async),
+// warp/block reductions of values and of states, and the exchange of states between
+// the blocks of a split slice (through global memory, or a thread-block cluster's
+// distributed shared memory on sm_90).
 #pragma once
 
 namespace cs {
@@ -85,18 +87,6 @@ template <typename T> __device__ __forceinline__ typename AccOf<T>::type load_ac
 // VEC elements of T in 16 bytes (VEC * sizeof(T) == 16), p 16-byte aligned; VEC == 1
 // is a plain scalar access.
 template <typename T, int VEC>
-__device__ __forceinline__ void load_vec(const T* p, typename AccOf<T>::type* a) {
-    static_assert(VEC == 1 || VEC * sizeof(T) == 16, "load_vec moves 16 bytes");
-    if constexpr (VEC == 1) {
-        a[0] = load_acc(p);
-    } else {
-        union { uint4 u; T e[VEC]; } v;
-        v.u = __ldg(reinterpret_cast<const uint4*>(p));
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) a[i] = to_acc(v.e[i]);
-    }
-}
-template <typename T, int VEC>
 __device__ __forceinline__ void store_vec(T* p, const typename AccOf<T>::type* a) {
     static_assert(VEC == 1 || VEC * sizeof(T) == 16, "store_vec moves 16 bytes");
     if constexpr (VEC == 1) {
@@ -129,8 +119,83 @@ template <> __device__ __forceinline__ double raw_neg_inf<double>() {
 template <> __device__ __forceinline__ half_t raw_neg_inf<half_t>() { half_t h; h.bits = 0xfc00; return h; }
 template <> __device__ __forceinline__ bf16_t raw_neg_inf<bf16_t>() { bf16_t h; h.bits = 0xff80; return h; }
 
-template <typename X, typename Y> struct same_type { static constexpr bool value = false; };
-template <typename X> struct same_type<X, X> { static constexpr bool value = true; };
+
+// ------------------------------------------------------------------ a thread's chunk
+// A softmax kernel reads its chunk once and keeps it until the output is written: NV
+// vectors of VEC elements per thread, in registers (STAGED false: loads as they come,
+// the reductions start on the first vectors while later ones are in flight) or staged
+// in shared memory (STAGED true: a 16-byte vector is copied with cp.async, which holds
+// no register while in flight, so a block keeps a large chunk in flight with few
+// registers and more blocks fit on an SM).  Staged slot v of thread tid holds VEC
+// elements at (v * THREADS + tid) * VEC: a warp's slots are consecutive (conflict-free),
+// and a thread reads back only its own slots (no barrier).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+    asm volatile("cp.async.wait_all;" ::: "memory");
+}
+
+extern __shared__ __align__(16) unsigned char cs_dynamic_smem[];
+
+template <typename T, int VEC, int THREADS, int NV, bool STAGED> struct Chunk;
+
+template <typename T, int VEC, int THREADS, int NV>
+struct Chunk<T, VEC, THREADS, NV, true> {
+    typedef typename AccOf<T>::type A;
+    union Vec { uint4 u; T e[VEC]; };
+    T* base;                                       // slot 0 of this thread
+    __device__ __forceinline__ Chunk()
+        : base(reinterpret_cast<T*>(cs_dynamic_smem) + threadIdx.x * VEC) {}
+    __device__ __forceinline__ T* slot(int v) const { return base + v * THREADS * VEC; }
+    // Vector v <- the VEC elements at p (16-byte aligned when VEC > 1).
+    __device__ __forceinline__ void fetch(int v, const T* p) {
+        if constexpr (VEC == 1) *slot(v) = ldg(p);
+        else cp_async16(slot(v), p);
+    }
+    // Vector v <- VEC raw elements given by the thread (tails, masked parts).
+    __device__ __forceinline__ void put(int v, const T* e) {
+        if constexpr (VEC == 1) {
+            *slot(v) = e[0];
+        } else {
+            Vec w;
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) w.e[i] = e[i];
+            *reinterpret_cast<uint4*>(slot(v)) = w.u;
+        }
+    }
+    __device__ __forceinline__ void wait() const {
+        if constexpr (VEC > 1) cp_async_wait_all();
+    }
+    // The VEC elements of vector v, converted to the accumulator type.
+    __device__ __forceinline__ void get(int v, A* a) const {
+        if constexpr (VEC == 1) {
+            a[0] = to_acc(*slot(v));
+        } else {
+            Vec w;
+            w.u = *reinterpret_cast<const uint4*>(slot(v));
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) a[i] = to_acc(w.e[i]);
+        }
+    }
+};
+
+template <typename T, int VEC, int THREADS, int NV>
+struct Chunk<T, VEC, THREADS, NV, false> {
+    typedef typename AccOf<T>::type A;
+    T r[NV * VEC];                                 // as loaded (16-bit ones packed)
+    __device__ __forceinline__ void fetch(int v, const T* p) { load_raw<T, VEC>(p, r + v * VEC); }
+    __device__ __forceinline__ void put(int v, const T* e) {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) r[v * VEC + i] = e[i];
+    }
+    __device__ __forceinline__ void wait() const {}
+    __device__ __forceinline__ void get(int v, A* a) const {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) a[i] = to_acc(r[v * VEC + i]);
+    }
+};
 
 // Loads that skip L1 (partial states published by other blocks of the same launch).
 __device__ __forceinline__ float ld_cg(const float* p) {
@@ -238,6 +303,62 @@ template <> struct OutExp<double> {
     static __device__ __forceinline__ double f(double t) { return exp(t); }
 };
 
+// ------------------------------------------------------------------ raw tiles
+// K raw elements as loaded, for the streaming (stats) kernels: 16-bit ones two to a
+// 32-bit register (as separate values each would take a register of its own).
+// Element k (a compile-time index after unrolling) is read back converted.
+template <typename T, int K, bool PACK = sizeof(T) == 2> struct RawTile {
+    typedef typename AccOf<T>::type A;
+    T w[K];
+    // elements [at, at + 16 / sizeof(T)) <- the 16 bytes at p (16-byte aligned)
+    __device__ __forceinline__ void load16(int at, const T* p) { load_raw<T, 16 / sizeof(T)>(p, w + at); }
+    __device__ __forceinline__ void set(int k, T v) { w[k] = v; }
+    __device__ __forceinline__ A get(int k) const { return to_acc(w[k]); }
+    __device__ __forceinline__ A max_all() const {
+        A m = to_acc(w[0]);
+#pragma unroll
+        for (int k = 1; k < K; ++k) m = max_nf(m, to_acc(w[k]));
+        return m;
+    }
+};
+// Pairwise max of two packed 16-bit pairs, NaN-ignoring like max_nf.
+template <typename T> __device__ __forceinline__ unsigned max2(unsigned a, unsigned b);
+template <> __device__ __forceinline__ unsigned max2<half_t>(unsigned a, unsigned b) {
+    unsigned r; asm("max.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b)); return r;
+}
+template <> __device__ __forceinline__ unsigned max2<bf16_t>(unsigned a, unsigned b) {
+    unsigned r; asm("max.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b)); return r;
+}
+template <typename T, int K> struct RawTile<T, K, true> {
+    static_assert(K % 2 == 0, "16-bit elements in pairs");
+    unsigned w[K / 2];
+    __device__ __forceinline__ void load16(int at, const T* p) {
+        const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+        w[at / 2] = u.x; w[at / 2 + 1] = u.y; w[at / 2 + 2] = u.z; w[at / 2 + 3] = u.w;
+    }
+    // (call for k, k + 1 in this order: an even k starts its pair)
+    __device__ __forceinline__ void set(int k, T v) {
+        const unsigned b = v.bits;
+        if (k & 1) w[k / 2] |= b << 16;
+        else w[k / 2] = b;
+    }
+    __device__ __forceinline__ float get(int k) const {
+        T v;
+        v.bits = (unsigned short)((k & 1) ? w[k / 2] >> 16 : w[k / 2] & 0xffffu);
+        return to_acc(v);
+    }
+    // max of all K elements, on the packed pairs (exact; no element is converted twice)
+    __device__ __forceinline__ float max_all() const {
+        unsigned m = w[0];
+#pragma unroll
+        for (int q = 1; q < K / 2; ++q) m = max2<T>(m, w[q]);
+        T lo, hi;
+        lo.bits = (unsigned short)(m & 0xffffu);
+        hi.bits = (unsigned short)(m >> 16);
+        return max_nf(to_acc(lo), to_acc(hi));
+    }
+};
+
 // ------------------------------------------------------------------ the state algebra
 template <typename A> struct State { A m, s; };
 
@@ -258,27 +379,41 @@ template <typename A> __device__ __forceinline__ State<A> merge(State<A> a, Stat
     return r;
 }
 
-// Fold a tile of K values (masked ones already -inf, weight 0 or absent) into a state.
-template <typename A, int K, bool HAS_B>
-__device__ __forceinline__ void fold_tile(State<A>& st, const A* a, const A* w) {
+// Weighted element: b == 0 masks a, even where a is inf or NaN.
+template <typename A> __device__ __forceinline__ A masked(A a, A b) {
+    return is_zero(b) ? neg_inf<A>() : a;
+}
+
+// Fold K elements into a state: element k is a.get(a0 + k * STRIDE) (a RawTile; padding
+// is -inf; STRIDE 1: the whole tile, a0 = 0), with weights w[k * STRIDE] (0 masks the
+// element, even inf or NaN).
+template <typename A, int K, bool HAS_B, int STRIDE = 1, typename Tile>
+__device__ __forceinline__ void fold_tile(State<A>& st, const Tile& a, int a0, const A* w) {
     A tm = neg_inf<A>();
+    if constexpr (STRIDE == 1 && !HAS_B) {
+        tm = a.max_all();
+    } else {
 #pragma unroll
-    for (int k = 0; k < K; ++k) tm = max_nf(tm, a[k]);
+        for (int k = 0; k < K; ++k) {
+            const A v = a.get(a0 + k * STRIDE);
+            tm = max_nf(tm, HAS_B ? masked(v, w[k * STRIDE]) : v);
+        }
+    }
     const A m = max_nf(st.m, tm);
     const A sh = shift(m);
     A acc = A(0);
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-        const A e = exp_fast(a[k] - sh);
-        acc = add_nf(acc, HAS_B ? mul_nf(w[k], e) : e);
+        const A v = a.get(a0 + k * STRIDE);
+        if (HAS_B) {
+            const A wk = w[k * STRIDE];
+            acc = add_nf(acc, mul_nf(wk, exp_fast(masked(v, wk) - sh)));
+        } else {
+            acc = add_nf(acc, exp_fast(v - sh));
+        }
     }
     st.s = add_nf(mul_nf(st.s, rescale(st.m, m)), acc);
     st.m = m;
-}
-
-// Weighted element: b == 0 masks a, even where a is inf or NaN.
-template <typename A> __device__ __forceinline__ A masked(A a, A b) {
-    return is_zero(b) ? neg_inf<A>() : a;
 }
 
 // Finalisers.
@@ -451,6 +586,71 @@ __device__ __forceinline__ bool group_arrive_last(unsigned* cnt, i64 expected, i
     const bool last = *flag != 0;
     if (last) __threadfence();
     return last;
+}
+
+
+// Thread-block cluster (sm_90): the G blocks of a split slice form one cluster
+// (__cluster_dims__), each publishes its block state in its own shared memory, and every
+// block reads the G states through distributed shared memory and merges them in the
+// same order (bit-identical results).  No global memory, no atomics, no cooperative
+// launch.  cluster_exchange_state ends with an arrive; the block calls cluster_wait()
+// before it leaves (or publishes again), so that no peer reads freed shared memory.
+__device__ __forceinline__ void cluster_arrive() {          // publishes this block's writes
+#if __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cluster_arrive_relaxed() {  // orders nothing (no fence)
+#if __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+template <typename A> __device__ __forceinline__ A ld_peer(const A* p, unsigned rank);
+template <> __device__ __forceinline__ float ld_peer<float>(const float* p, unsigned rank) {
+    float v = 0.0f;
+#if __CUDA_ARCH__ >= 900
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("mapa.shared::cluster.u32 %0, %0, %1;" : "+r"(a) : "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(a) : "memory");
+#else
+    __trap();
+#endif
+    return v;
+}
+template <> __device__ __forceinline__ double ld_peer<double>(const double* p, unsigned rank) {
+    double v = 0.0;
+#if __CUDA_ARCH__ >= 900
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("mapa.shared::cluster.u32 %0, %0, %1;" : "+r"(a) : "r"(rank));
+    asm volatile("ld.shared::cluster.f64 %0, [%1];" : "=d"(v) : "r"(a) : "memory");
+#else
+    __trap();
+#endif
+    return v;
+}
+
+// pub: a __shared__ State of this block.  Call with the whole block, in every block of
+// the cluster; G <= 32 blocks, block rank = position in the cluster.
+template <int G, typename A>
+__device__ __forceinline__ State<A> cluster_exchange_state(State<A> st, State<A>* pub) {
+    static_assert(G >= 2 && G <= 32, "a cluster of 2..32 blocks");
+    if (threadIdx.x == 0) *pub = st;
+    cluster_arrive();                              // publish (release) ...
+    cluster_wait();                                // ... and see every peer's (acquire)
+    const unsigned lane = threadIdx.x & 31;
+    State<A> g = empty_state<A>();
+    if (lane < G) {                                // every warp merges the G states itself
+        g.m = ld_peer(&pub->m, lane);
+        g.s = ld_peer(&pub->s, lane);
+    }
+    g = warp_allreduce_state(g, 32);               // (uses the loaded values: reads are done)
+    cluster_arrive_relaxed();                      // done reading the peers
+    return g;
 }
 
 }  // namespace cs

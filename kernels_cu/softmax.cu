@@ -7,10 +7,12 @@
 //                   whole block) owns a row, or a chunk of one when rows are split.
 //   col_*  kernels: inner > 1; a TX x TY block owns W = TX*VEC consecutive columns
 //                   (coalesced along inner) and TY*R rows (softmax) or a row range (stats).
-//   *_softmax  keep their chunk in registers: read once, write once.  mode 0: the
-//              block holds the whole slice; mode 1: G blocks split it and exchange
-//              partial states (cooperative launch); mode 2: the state comes from st_m,
-//              st_s (normalise against a given state).
+//   *_softmax  keep their chunk in registers or staged in shared memory (Chunk in the
+//              header): read once, write once.  mode 0: the block holds the whole slice; mode 1: G
+//              blocks split it and exchange partial states (row_softmax: a cluster of
+//              XCH blocks, or global memory under a cooperative launch; col_softmax:
+//              global memory); mode 2: the state comes from st_m, st_s (normalise
+//              against a given state).
 //   *_stats    stream the input once and produce a state (out_kind 0: m, s at
 //              [chunk][slice]) or the logsumexp and sign (out_kind 1).
 //   merge_states  merges k stacked states (k, P) into P states or logsumexps.
@@ -19,7 +21,9 @@
 namespace cs {
 
 // ---------------------------------------------------------------- rows: softmax
-template <typename T, int VEC, int THREADS, int EPT, bool SPLIT>
+// XCH: how the G blocks of a split row exchange partial states (mode 1): 0 never split,
+// 1 through global memory (cooperative launch, any G), >= 2 a cluster of XCH blocks.
+template <typename T, int VEC, int THREADS, int EPT, int XCH, bool STAGED>
 __device__ __forceinline__ void row_softmax(
     const T* __restrict__ x, i64 xs0, i64 xs1, T* __restrict__ out,
     i64 rows, i64 n, i64 tpr_, i64 G, i64 mode, i64 log_,
@@ -28,10 +32,9 @@ __device__ __forceinline__ void row_softmax(
     typedef typename AccOf<T>::type A;
     static_assert(EPT % VEC == 0, "EPT is a whole number of vectors");
     constexpr int NV = EPT / VEC;
-    // Elements stay in registers as loaded (16-bit ones packed); float and double
-    // rows keep exp(x - shift) in place when the state is the block's own (mode 0).
-    constexpr bool FULL = same_type<T, A>::value;
     __shared__ A red_m[THREADS / 32], red_s[THREADS / 32], bc[2];
+    __shared__ State<A> pub;
+    Chunk<T, VEC, THREADS, NV, STAGED> stage;      // the chunk: EPT elements per thread
 
     const int tid = threadIdx.x;
     const int tpr = (int)tpr_;
@@ -41,7 +44,6 @@ __device__ __forceinline__ void row_softmax(
     const int rpb = THREADS / tpr;
     const i64 CH = (i64)tpr * EPT;
     const i64 items = block_row ? rows * G : (rows + rpb - 1) / rpb;
-    const bool keep_e = FULL && (mode == 0) && !log_;
 
     for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
         i64 row, c = 0;
@@ -55,27 +57,32 @@ __device__ __forceinline__ void row_softmax(
         // rem: elements of the row from its first one on (clamped to the chunk: 32 bits).
         i64 rem64 = active ? n - j0 - (i64)lane * VEC : 0;
         const int rem = (int)(rem64 < CH ? rem64 : CH);
-        T a[EPT];
         if constexpr (VEC == 1) {                  // any element stride
             const T* p = xr + (j0 + lane) * xs1;
             const i64 step = (i64)tpr * xs1;
+            const T ninf = raw_neg_inf<T>();
 #pragma unroll
-            for (int v = 0; v < NV; ++v)
-                a[v] = v * tpr < rem ? ldg(p + v * step) : raw_neg_inf<T>();
+            for (int v = 0; v < NV; ++v) {
+                if (v * tpr < rem) stage.fetch(v, p + v * step);
+                else stage.put(v, &ninf);
+            }
         } else {                                   // contiguous, 16-byte aligned rows
             const T* p = xr + j0 + (i64)lane * VEC;
 #pragma unroll
             for (int v = 0; v < NV; ++v) {
                 const int off = v * tpr * VEC;
                 if (rem - off >= VEC) {
-                    load_raw<T, VEC>(p + off, a + v * VEC);
+                    stage.fetch(v, p + off);
                 } else {
+                    T e[VEC];
 #pragma unroll
-                    for (int e = 0; e < VEC; ++e)
-                        a[v * VEC + e] = e < rem - off ? ldg(p + off + e) : raw_neg_inf<T>();
+                    for (int i = 0; i < VEC; ++i)
+                        e[i] = i < rem - off ? ldg(p + off + i) : raw_neg_inf<T>();
+                    stage.put(v, e);
                 }
             }
         }
+        stage.wait();
 
         State<A> st;
         if (mode == 2) {
@@ -84,18 +91,24 @@ __device__ __forceinline__ void row_softmax(
         } else {
             A t = neg_inf<A>();
 #pragma unroll
-            for (int k = 0; k < EPT; ++k) t = max_nf(t, to_acc(a[k]));
+            for (int v = 0; v < NV; ++v) {
+                A a[VEC];
+                stage.get(v, a);
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) t = max_nf(t, a[i]);
+            }
             st.m = group_allreduce<THREADS, MaxOp>(t, tpr, red_m);
             const A sh = shift(st.m);
             t = A(0);
 #pragma unroll
-            for (int k = 0; k < EPT; ++k) {
-                const A e = OutExp<T>::f(to_acc(a[k]) - sh);
-                t = add_nf(t, e);
-                if constexpr (FULL) { if (keep_e) a[k] = e; }
+            for (int v = 0; v < NV; ++v) {
+                A a[VEC];
+                stage.get(v, a);
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) t = add_nf(t, OutExp<T>::f(a[i] - sh));
             }
             st.s = group_allreduce<THREADS, SumOp>(t, tpr, red_s);
-            if (SPLIT && mode == 1) {              // block_row; item == row * G + c
+            if (XCH == 1 && mode == 1) {           // block_row; item == row * G + c
                 if (tid == 0) { st_m[item] = st.m; st_s[item] = st.s; }
                 group_arrive_and_wait(counters + 2 * row, G);
                 if (tid < 32) {
@@ -114,6 +127,9 @@ __device__ __forceinline__ void row_softmax(
                 st.m = bc[0];
                 st.s = bc[1];
             }
+            if constexpr (XCH >= 2) {              // G == XCH blocks of a cluster; c == rank
+                if (mode == 1) st = cluster_exchange_state<XCH>(st, &pub);
+            }
         }
 
         const A sh = shift(st.m);
@@ -123,29 +139,32 @@ __device__ __forceinline__ void row_softmax(
 #pragma unroll
         for (int v = 0; v < NV; ++v) {
             A o[VEC];
+            stage.get(v, o);
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-                const A t = to_acc(a[v * VEC + e]);
-                o[e] = log_ ? (t - sh) - ls : mul_nf(keep_e ? t : OutExp<T>::f(t - sh), inv);
-            }
+            for (int i = 0; i < VEC; ++i)
+                o[i] = log_ ? (o[i] - sh) - ls : mul_nf(OutExp<T>::f(o[i] - sh), inv);
             const int off = v * tpr * VEC;
             if (VEC > 1 && rem - off >= VEC) {
                 store_vec<T, VEC>(po + off, o);
             } else {
 #pragma unroll
-                for (int e = 0; e < VEC; ++e)
-                    if (e < rem - off) po[off + e] = Conv<T>::from(o[e]);
+                for (int i = 0; i < VEC; ++i)
+                    if (i < rem - off) po[off + i] = Conv<T>::from(o[i]);
             }
+        }
+        if constexpr (XCH >= 2) {
+            if (mode == 1) cluster_wait();         // peers have read this block's state
         }
     }
 }
 
 // ---------------------------------------------------------------- rows: state / logsumexp
-// Vectors each thread has in flight per pass: 32 registers of elements (16 with
-// weights), at least 8 scalars.
-template <typename A, int VEC, bool HAS_B> struct StatsUnroll {
-    static constexpr int E = (HAS_B ? 16 : 32) / (int)(sizeof(A) / 4);
-    static constexpr int U = VEC == 1 ? (E < 8 ? 8 : E) : E / VEC;
+// Elements each thread has in flight per pass: 32 registers of them (16-bit ones packed
+// two to a register in 16-byte vectors), 16 elements with weights (held as floats).
+template <typename T, int VEC, bool HAS_B> struct StatsUnroll {
+    static constexpr int E = sizeof(T) == 8 ? (HAS_B ? 8 : 16)
+                           : HAS_B ? 16 : (sizeof(T) == 2 && VEC > 1 ? 64 : 32);
+    static constexpr int U = E / VEC;              // vectors (or scalars) per pass
 };
 
 // Write a finished state: (m, s) for out_kind 0, logsumexp (and sign) for out_kind 1.
@@ -173,7 +192,7 @@ __device__ __forceinline__ void row_stats(
     typename AccOf<T>::type* wm, typename AccOf<T>::type* ws, unsigned* cnt)
 {
     typedef typename AccOf<T>::type A;
-    constexpr int U = StatsUnroll<A, VEC, HAS_B>::U;
+    constexpr int U = StatsUnroll<T, VEC, HAS_B>::U;
     __shared__ A red_m[THREADS / 32], red_s[THREADS / 32];
     __shared__ int last_flag;
 
@@ -198,26 +217,25 @@ __device__ __forceinline__ void row_stats(
 
         State<A> st = empty_state<A>();
         for (i64 base = jb + (i64)lane * VEC; base < je; base += step * U) {
-            A a[U * VEC], w[U * VEC];
+            RawTile<T, U * VEC> a;                 // raw elements (16-bit ones stay packed)
+            A w[HAS_B ? U * VEC : 1];
 #pragma unroll
             for (int u = 0; u < U; ++u) {
                 const i64 j = base + u * step;
                 if (VEC > 1 && j + VEC <= je) {
-                    load_vec<T, VEC>(xr + j, a + u * VEC);
+                    a.load16(u * VEC, xr + j);
                 } else {
 #pragma unroll
                     for (int e = 0; e < VEC; ++e)
-                        a[u * VEC + e] = (j + e < je) ? load_acc(xr + (j + e) * xs1) : neg_inf<A>();
+                        a.set(u * VEC + e, (j + e < je) ? ldg(xr + (j + e) * xs1) : raw_neg_inf<T>());
                 }
-                if (HAS_B) {
+                if constexpr (HAS_B) {
 #pragma unroll
-                    for (int e = 0; e < VEC; ++e) {
+                    for (int e = 0; e < VEC; ++e)
                         w[u * VEC + e] = (j + e < je) ? load_acc(br + (j + e) * bs1) : A(0);
-                        a[u * VEC + e] = masked(a[u * VEC + e], w[u * VEC + e]);
-                    }
                 }
             }
-            fold_tile<A, U * VEC, HAS_B>(st, a, w);
+            fold_tile<A, U * VEC, HAS_B>(st, a, 0, w);
         }
         st = group_allreduce_state<THREADS>(st, tpr, red_m, red_s);
 
@@ -242,6 +260,9 @@ __device__ __forceinline__ void row_stats(
 }
 
 // ---------------------------------------------------------------- columns: softmax
+// The chunk (R rows of VEC columns per thread) is staged in shared memory like a row
+// chunk; mode 1 splits the slice over G blocks that exchange through global memory
+// (cooperative launch).
 template <typename T, int VEC, int THREADS, int R>
 __device__ __forceinline__ void col_softmax(
     const T* __restrict__ x, i64 xs0, i64 xs1, i64 xs2, T* __restrict__ out,
@@ -250,6 +271,7 @@ __device__ __forceinline__ void col_softmax(
 {
     typedef typename AccOf<T>::type A;
     __shared__ A rm[VEC * THREADS];
+    Chunk<T, VEC, THREADS, R, true> stage;         // vector r: row r of the thread's columns
 
     const int tid = threadIdx.x;
     const int TX = 1 << (int)txlog;
@@ -260,7 +282,6 @@ __device__ __forceinline__ void col_softmax(
     const i64 groups = outer * strips;
     const i64 H = (i64)TY * R;
     const i64 items = groups * G;
-    const bool keep_e = (mode == 0) && !log_;
 
     for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
         const i64 grp = item / G, c = item - grp * G;
@@ -268,19 +289,21 @@ __device__ __forceinline__ void col_softmax(
         const i64 i = strip * W + (i64)tx * VEC;
         const T* xo = x + o * xs0 + i * xs2;
 
-        A a[R * VEC];
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             const i64 j = c * H + ty + (i64)r * TY;
             const T* p = xo + j * xs1;
-            if (VEC > 1 && j < n && i < inner) {   // inner % VEC == 0 on this path
-                load_vec<T, VEC>(p, a + r * VEC);
+            if (j < n && i < inner) {              // VEC > 1: inner % VEC == 0 on this path
+                stage.fetch(r, p);
             } else {
+                T e[VEC];
 #pragma unroll
-                for (int e = 0; e < VEC; ++e)
-                    a[r * VEC + e] = (j < n && i + e < inner) ? load_acc(p + e * xs2) : neg_inf<A>();
+                for (int k = 0; k < VEC; ++k)
+                    e[k] = (j < n && i + k < inner) ? ldg(p + k * xs2) : raw_neg_inf<T>();
+                stage.put(r, e);
             }
         }
+        stage.wait();
 
         State<A> st[VEC];
         if (mode == 2) {
@@ -293,22 +316,23 @@ __device__ __forceinline__ void col_softmax(
         } else {
             A v[VEC], sh[VEC];
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-                v[e] = neg_inf<A>();
+            for (int e = 0; e < VEC; ++e) v[e] = neg_inf<A>();
 #pragma unroll
-                for (int r = 0; r < R; ++r) v[e] = max_nf(v[e], a[r * VEC + e]);
+            for (int r = 0; r < R; ++r) {
+                A a[VEC];
+                stage.get(r, a);
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) v[e] = max_nf(v[e], a[e]);
             }
             column_allreduce<THREADS, VEC, MaxOp>(v, rm, TX);
 #pragma unroll
             for (int e = 0; e < VEC; ++e) { st[e].m = v[e]; sh[e] = shift(v[e]); v[e] = A(0); }
 #pragma unroll
             for (int r = 0; r < R; ++r) {
+                A a[VEC];
+                stage.get(r, a);
 #pragma unroll
-                for (int e = 0; e < VEC; ++e) {
-                    const A ex = OutExp<T>::f(a[r * VEC + e] - sh[e]);
-                    v[e] = add_nf(v[e], ex);
-                    if (keep_e) a[r * VEC + e] = ex;
-                }
+                for (int e = 0; e < VEC; ++e) v[e] = add_nf(v[e], OutExp<T>::f(a[e] - sh[e]));
             }
             column_allreduce<THREADS, VEC, SumOp>(v, rm, TX);
 #pragma unroll
@@ -350,12 +374,10 @@ __device__ __forceinline__ void col_softmax(
         for (int r = 0; r < R; ++r) {
             const i64 j = c * H + ty + (i64)r * TY;
             A ov[VEC];
+            stage.get(r, ov);
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-                const A t = a[r * VEC + e];
-                ov[e] = log_ ? (t - sh[e]) - ls[e]
-                             : mul_nf(keep_e ? t : OutExp<T>::f(t - sh[e]), inv[e]);
-            }
+            for (int e = 0; e < VEC; ++e)
+                ov[e] = log_ ? (ov[e] - sh[e]) - ls[e] : mul_nf(OutExp<T>::f(ov[e] - sh[e]), inv[e]);
             T* p = out + (o * n + j) * inner + i;
             if (VEC > 1 && j < n && i < inner) {
                 store_vec<T, VEC>(p, ov);
@@ -380,7 +402,7 @@ __device__ __forceinline__ void col_stats(
     typename AccOf<T>::type* wm, typename AccOf<T>::type* ws, unsigned* cnt)
 {
     typedef typename AccOf<T>::type A;
-    constexpr int U = StatsUnroll<A, VEC, HAS_B>::U;   // rows in flight per thread
+    constexpr int U = StatsUnroll<T, VEC, HAS_B>::U;   // rows in flight per thread
     __shared__ A rm[VEC * THREADS];
     __shared__ int last_flag;
 
@@ -407,30 +429,27 @@ __device__ __forceinline__ void col_stats(
 #pragma unroll
         for (int e = 0; e < VEC; ++e) st[e] = empty_state<A>();
         for (i64 j = jb + ty; j < je; j += (i64)TY * U) {
-            A a[VEC][U], w[VEC][U];
+            RawTile<T, U * VEC> a;                 // [row u][column e], raw
+            A w[HAS_B ? U * VEC : 1];
 #pragma unroll
             for (int u = 0; u < U; ++u) {
                 const i64 jj = j + (i64)u * TY;
                 const T* p = xo + jj * xs1;
-                A t[VEC];
                 if (VEC > 1 && jj < je && i < inner) {
-                    load_vec<T, VEC>(p, t);
+                    a.load16(u * VEC, p);
                 } else {
 #pragma unroll
                     for (int e = 0; e < VEC; ++e)
-                        t[e] = (jj < je && i + e < inner) ? load_acc(p + e * xs2) : neg_inf<A>();
+                        a.set(u * VEC + e, (jj < je && i + e < inner) ? ldg(p + e * xs2) : raw_neg_inf<T>());
                 }
+                if constexpr (HAS_B) {
 #pragma unroll
-                for (int e = 0; e < VEC; ++e) {
-                    a[e][u] = t[e];
-                    if (HAS_B) {
-                        w[e][u] = (jj < je && i + e < inner) ? load_acc(bo + jj * bs1 + e * bs2) : A(0);
-                        a[e][u] = masked(a[e][u], w[e][u]);
-                    }
+                    for (int e = 0; e < VEC; ++e)
+                        w[u * VEC + e] = (jj < je && i + e < inner) ? load_acc(bo + jj * bs1 + e * bs2) : A(0);
                 }
             }
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) fold_tile<A, U, HAS_B>(st[e], a[e], w[e]);
+            for (int e = 0; e < VEC; ++e) fold_tile<A, U, HAS_B, VEC>(st[e], a, e, w + (HAS_B ? e : 0));
         }
         column_allreduce_state<THREADS, VEC>(st, rm, TX);
 
@@ -512,13 +531,23 @@ __device__ __forceinline__ void merge_states(
 // One extern "C" kernel per template instance; _kernels.py writes the list.
 #define CS_ACC(T) cs::AccOf<T>::type
 
-#define CS_ROW_SOFTMAX(NAME, T, VEC, THREADS, EPT, SPLIT, MINB)                             \
-    extern "C" __global__ void __launch_bounds__(THREADS, MINB) NAME(                       \
+// __cluster_dims__ exists from sm_90 on; older targets compile the instance without it
+// (the dispatch never launches a cluster instance there).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define CS_CLUSTER(G) __cluster_dims__(G, 1, 1)
+#else
+#define CS_CLUSTER(G)
+#endif
+
+// XCH >= 2: the kernel is launched in clusters of XCH blocks (CLUSTER is CS_CLUSTER(XCH)
+// then, empty otherwise).
+#define CS_ROW_SOFTMAX(NAME, T, VEC, THREADS, EPT, XCH, STAGED, MINB, CLUSTER)              \
+    extern "C" __global__ void __launch_bounds__(THREADS, MINB) CLUSTER NAME(               \
         const T* x, cs::i64 xs0, cs::i64 xs1, T* out, cs::i64 rows, cs::i64 n,              \
         cs::i64 tpr, cs::i64 G, cs::i64 mode, cs::i64 log_, CS_ACC(T)* sm, CS_ACC(T)* ss,   \
         unsigned* cnt) {                                                                    \
-        cs::row_softmax<T, VEC, THREADS, EPT, SPLIT>(x, xs0, xs1, out, rows, n, tpr, G,     \
-                                                     mode, log_, sm, ss, cnt);              \
+        cs::row_softmax<T, VEC, THREADS, EPT, XCH, STAGED>(x, xs0, xs1, out, rows, n, tpr,  \
+                                                           G, mode, log_, sm, ss, cnt);     \
     }
 
 #define CS_ROW_STATS(NAME, T, VEC, THREADS, HAS_B, MINB)                                    \

@@ -4,11 +4,12 @@
 # Logs, tables and plots go to $OUT (default /tmp/cupy_softmax_out).
 #
 #   tools/device_run.sh                      # tests sanitize bench
-#   tools/device_run.sh tests                # any subset of: tests sanitize bench sweep quick
+#   tools/device_run.sh tests                # any subset of: tests check sanitize bench sweep quick
+#   (check: tools/sanitize_run.py's results alone, without compute-sanitizer)
 #   tools/device_run.sh bench sweep          # benchmark plus the size-table sweep
 #   tools/device_run.sh bench quick          # a quick subset of the benchmark
 # PYTEST_ARGS (default "-x", split on spaces) and PYTEST_K (one -k expression) are
-# added to the pytest command; T_TESTS, T_MEMCHECK,
+# added to the pytest command, BENCH_ARGS to bench_gpu.py's; T_TESTS, T_CHECK, T_MEMCHECK,
 # T_RACECHECK, T_BENCH cap each step's seconds (a hang must not eat the machine time).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -48,6 +49,12 @@ if want tests; then
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
+if want check; then
+    step "sanitize_run (results only)"
+    timeout -k 10 "${T_CHECK:-180}" $PY tools/sanitize_run.py 2>&1 | tee "$OUT/check.log" | tail -25
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
 if want sanitize; then
     step "compute-sanitizer memcheck"
     timeout -k 10 "${T_MEMCHECK:-180}" compute-sanitizer --tool memcheck --error-exitcode 99 \
@@ -64,6 +71,8 @@ if want bench; then
     args=(--out "$OUT")
     want quick && args+=(--quick)
     want sweep && args+=(--sweep)
+    # shellcheck disable=SC2206
+    args+=(${BENCH_ARGS:-})
     timeout -k 10 "${T_BENCH:-300}" $PY bench/bench_gpu.py "${args[@]}" 2>&1 | tail -80
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 elif want sweep; then

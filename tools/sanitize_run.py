@@ -6,8 +6,8 @@
 
 Odd sizes (1, 31, 33, 1023, 1025, 262147 columns; 1 and 3 rows) and every size-table
 entry, misaligned and strided views, every dtype, softmax/log_softmax/logsumexp
-(with and without weights and sign), rows and columns, the split (cooperative) and
-three-pass paths, and the streaming kernels.  Results are also checked loosely
+(with and without weights and sign), rows and columns, the split (cluster and
+cooperative) and three-pass paths, and the streaming kernels.  Results are also checked loosely
 against float64 references, so a wrong answer fails here too.
 """
 
@@ -42,16 +42,20 @@ def ref_softmax(x, axis, log):
     return (x - m) - np.log(s) if log else e / s
 
 
-def ref_lse(x, axis, b=None):
-    """(lse, sign) by the rules of _state.py: masked elements out, shift 0 if no max."""
+def ref_lse(x, axis, b=None, cond=False):
+    """(lse, sign) by the rules of _state.py: masked elements out, shift 0 if no max;
+    with cond, also the condition number of the weighted sum, sum|terms| / |sum terms|
+    (a float32 sum is only good to about n eps cond)."""
     x = x.astype(np.float64)
     w = np.ones_like(x) if b is None else b.astype(np.float64)
     x = np.where(w == 0, -np.inf, x)
     m = np.max(x, axis=axis, keepdims=True)
     sh = np.where(np.isfinite(m), m, 0.0)
     with np.errstate(all="ignore"):
-        s = np.sum(w * np.exp(x - sh), axis=axis)
-        return np.squeeze(sh, axis) + np.log(np.abs(s)), np.sign(s)
+        t = w * np.exp(x - sh)
+        s = np.sum(t, axis=axis)
+        res = np.squeeze(sh, axis) + np.log(np.abs(s)), np.sign(s)
+        return res + (np.sum(np.abs(t), axis=axis) / np.abs(s),) if cond else res
 
 
 def check(what, got, want, dtype_name, kind):
@@ -86,11 +90,12 @@ def run_case(tag, x_np, x, axis, dtype_name, rng, weights=True):
         b_np[..., ::3] = 0
         b_np = b_np.astype(x_np.dtype)
         res, sgn = cs.logsumexp(x, axis=axis, b=cupy.asarray(b_np), return_sign=True)
-        r, s = ref_lse(x_np, axis, b_np)
-        keep = np.abs(s) > 0
+        r, s, cond = ref_lse(x_np, axis, b_np, cond=True)
+        keep = (np.abs(s) > 0) & (cond < 100)       # signed weights cancel: well-conditioned sums
         check(f"{tag} logsumexp(b)", cupy.where(cupy.asarray(keep), res, 0), np.where(keep, r, 0),
               dtype_name, "log")
-        check(f"{tag} sign", sgn, s, dtype_name, "log")
+        check(f"{tag} sign", cupy.where(cupy.asarray(keep), sgn, 0), np.where(keep, s, 0),
+              dtype_name, "log")
 
 
 def run(small):
@@ -106,6 +111,30 @@ def run(small):
                 x_np = host(d, (rows, n), rng)
                 run_case(f"{d} rows {rows}x{n}", x_np, cupy.asarray(x_np), -1, d, rng,
                          weights=n <= 1025 or rows == 3)
+        # rows split over a cluster (enough rows that the size table applies; rows of a
+        # whole number of 16-byte vectors), normalised against a given state too, and a
+        # forced cluster over one row that ends inside a vector, its last block empty
+        nrows = _kernels.sm_count() // 2 + 1
+        vw = _kernels.vec_width(isz)
+        table = _kernels.ROW_TABLE[isz]
+        prev = {e[0]: p[0] for p, e in zip(table, table[1:])}
+        clustered = [e for e in table if e[4] > 1]
+        for max_n, threads, ept, _, g, _ in (clustered[:1] if small else clustered):
+            for n in ((prev[max_n] + vw,) if small else (prev[max_n] + vw, max_n)):
+                x_np = host(d, (nrows, n), rng)
+                x = cupy.asarray(x_np)
+                run_case(f"{d} cluster rows {nrows}x{n}", x_np, x, -1, d, rng, weights=False)
+                st = cs.partial_state(x, axis=-1)
+                check(f"{d} cluster rows {nrows}x{n} normalise", cs.softmax_from_state(x, st, axis=-1),
+                      ref_softmax(x_np, -1, False), d, "prob")
+            _cupy_backend.TUNE["row_entry"] = (threads, ept, g)
+            try:
+                n = threads * ept * (g - 1) - 3
+                x_np = host(d, (1, n), rng)
+                run_case(f"{d} forced cluster row 1x{n}", x_np, cupy.asarray(x_np), -1, d, rng,
+                         weights=False)
+            finally:
+                _cupy_backend.TUNE.clear()
         # misaligned and strided views of rows
         big_np = host(d, (3, 2 * 1025 + 2), rng)
         big = cupy.asarray(big_np)
