@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# The one script run on the device machine (GPU): install, name the GPU, run the
-# test suite, compute-sanitizer over tools/sanitize_run.py, and the benchmark.
-# Logs, tables and plots go to $OUT (default /tmp/cupy_softmax_out).
+# The one script run on the device machine (GPU): install, compile every kernel, run the
+# whole test suite, compute-sanitizer over the softmax and attention drivers, and the
+# benchmarks (softmax family, attention, Dask).  Logs, tables and plots go to $OUT
+# (default /tmp/cupy_softmax_out); a short summary is printed last.
 #
 #   tools/device_run.sh                      # tests sanitize bench
 #   tools/device_run.sh tests                # any subset of: tests check sanitize bench sweep quick
 #   (check: tools/sanitize_run.py's results alone, without compute-sanitizer)
 #   tools/device_run.sh bench sweep          # benchmark plus the size-table sweep
-#   tools/device_run.sh bench quick          # a quick subset of the benchmark
-# PYTEST_ARGS (default "-x", split on spaces) and PYTEST_K (one -k expression) are
-# added to the pytest command, BENCH_ARGS to bench_gpu.py's; T_TESTS, T_CHECK, T_MEMCHECK,
-# T_RACECHECK, T_BENCH cap each step's seconds (a hang must not eat the machine time).
+#   tools/device_run.sh bench quick          # a quick subset of the benchmarks
+# Wheels in .whl/ (dask, distributed, dask-cuda: not in the device image) are installed
+# first when present.  PYTEST_ARGS (default "-x", split on spaces) and PYTEST_K (one -k
+# expression) are added to the pytest command, BENCH_ARGS to bench_gpu.py's; T_TESTS,
+# T_CHECK, T_MEMCHECK, T_RACECHECK, T_BENCH cap each step's seconds (a hang must not eat
+# the machine time).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/cupy_softmax_out}
@@ -25,20 +28,23 @@ status=0
 step() { printf '\n=== %s (%ds)\n' "$*" "$SECONDS"; }
 
 step "install"
+if ls .whl/*.whl > /dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl > /tmp/pip_whl.log 2>&1 && export PYTHONPATH=/tmp/site \
+        || { echo "wheel install failed:"; tail -5 /tmp/pip_whl.log; }
+fi
 $PY -m pip install --no-deps --no-build-isolation -q -e . > /tmp/pip.log 2>&1 \
     || { echo "pip install -e . failed:"; tail -20 /tmp/pip.log; status=1; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem \
     --format=csv 2>&1 | head -3
 $PY - <<'PY'
-import time, cupy
-from cupy_softmax import _kernels
+import cupy
 p = cupy.cuda.runtime.getDeviceProperties(0)
 print("GPU:", p["name"].decode() if isinstance(p["name"], bytes) else p["name"],
       f"{p['multiProcessorCount']} SMs, L2 {p['l2CacheSize'] / 2**20:.0f} MiB; cupy", cupy.__version__)
-t = time.perf_counter()
-print("compile (NVRTC, s per dtype):", {k: round(v, 1) for k, v in _kernels.compile_all().items()},
-      f"total {time.perf_counter() - t:.1f} s")
 PY
+step "compile every kernel (NVRTC, parallel; CuPy's disk cache serves the rest)"
+timeout -k 10 300 $PY tools/compile_all.py 2>&1 | tail -6
 
 if want tests; then
     step "pytest (HYPOTHESIS_PROFILE=ci)"
@@ -64,6 +70,13 @@ if want sanitize; then
     timeout -k 10 "${T_RACECHECK:-120}" compute-sanitizer --tool racecheck --error-exitcode 99 \
         $PY tools/sanitize_run.py --small >> "$OUT/sanitize.log" 2>&1
     rc=$?; echo "racecheck exit $rc"; tail -5 "$OUT/sanitize.log"; [ $rc -eq 0 ] || status=1
+    for tool in memcheck racecheck; do
+        step "compute-sanitizer $tool (attention)"
+        timeout -k 10 "${T_MEMCHECK:-180}" compute-sanitizer --tool $tool --error-exitcode 99 \
+            $PY tools/sanitize_attention.py >> "$OUT/sanitize_attention.log" 2>&1
+        rc=$?; echo "$tool exit $rc"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitize_attention.log" | tail -2
+        [ $rc -eq 0 ] || status=1
+    done
 fi
 
 if want bench; then
@@ -73,8 +86,16 @@ if want bench; then
     want sweep && args+=(--sweep)
     # shellcheck disable=SC2206
     args+=(${BENCH_ARGS:-})
-    timeout -k 10 "${T_BENCH:-300}" $PY bench/bench_gpu.py "${args[@]}" 2>&1 | tail -80
-    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    timeout -k 10 "${T_BENCH:-300}" $PY bench/bench_gpu.py "${args[@]}" > "$OUT/bench_gpu.log" 2>&1
+    [ $? -eq 0 ] || { status=1; tail -20 "$OUT/bench_gpu.log"; }
+    step "attention benchmark"
+    aargs=(--out "$OUT"); want quick && aargs+=(--quick)
+    timeout -k 10 "${T_BENCH:-300}" $PY bench/bench_attention.py "${aargs[@]}" > "$OUT/bench_attention.log" 2>&1
+    [ $? -eq 0 ] || { status=1; tail -20 "$OUT/bench_attention.log"; }
+    step "Dask benchmark (CuPy chunks)"
+    timeout -k 10 120 $PY bench/bench_dask.py --gpu --write "$OUT/bench_dask.md" 2>&1 | tail -12
+    step "summary"
+    cat "$OUT/bench_gpu.md" "$OUT/attention.md" 2>/dev/null | grep -E "^(GPU|Device|Copy|copy|\\| )" | head -120
 elif want sweep; then
     step "size-table sweep"
     $PY - "$OUT" <<'PY'
