@@ -484,6 +484,24 @@ __device__ __forceinline__ State<A> warp_allreduce_state(State<A> st, int width)
     st.m = m;
     return st;
 }
+
+// A partial state that another block of the same launch published (read past L1).
+template <typename A>
+__device__ __forceinline__ State<A> load_published(const A* m, const A* s, i64 idx) {
+    State<A> p;
+    p.m = ld_cg(m + idx);
+    p.s = ld_cg(s + idx);
+    return p;
+}
+
+// One warp merges the G published states at base + q * stride (q < G); every lane gets it.
+template <typename A>
+__device__ __forceinline__ State<A> warp_merge_published(const A* m, const A* s, i64 base,
+                                                         i64 stride, i64 G, int lane) {
+    State<A> g = empty_state<A>();
+    for (i64 q = lane; q < G; q += 32) g = merge(g, load_published(m, s, base + q * stride));
+    return warp_allreduce_state(g, 32);
+}
 template <int THREADS, typename A>
 __device__ __forceinline__ State<A> group_allreduce_state(State<A> st, int tpr, A* sm, A* ss) {
     const A m = group_allreduce<THREADS, MaxOp>(st.m, tpr, sm);

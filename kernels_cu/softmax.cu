@@ -112,14 +112,7 @@ __device__ __forceinline__ void row_softmax(
                 if (tid == 0) { st_m[item] = st.m; st_s[item] = st.s; }
                 group_arrive_and_wait(counters + 2 * row, G);
                 if (tid < 32) {
-                    State<A> g = empty_state<A>();
-                    for (i64 q = tid; q < G; q += 32) {
-                        State<A> p;
-                        p.m = ld_cg(st_m + row * G + q);
-                        p.s = ld_cg(st_s + row * G + q);
-                        g = merge(g, p);
-                    }
-                    g = warp_allreduce_state(g, 32);
+                    const State<A> g = warp_merge_published(st_m, st_s, row * G, 1, G, tid);
                     if (tid == 0) { bc[0] = g.m; bc[1] = g.s; }
                 }
                 __syncthreads();
@@ -246,14 +239,7 @@ __device__ __forceinline__ void row_stats(
         // split rows (block_row): publish, and let the last block of the row merge
         if (tid == 0) { wm[c * rows + row] = st.m; ws[c * rows + row] = st.s; }
         if (group_arrive_last(cnt + row, G, &last_flag) && tid < 32) {
-            State<A> g = empty_state<A>();
-            for (i64 q = tid; q < G; q += 32) {
-                State<A> p;
-                p.m = ld_cg(wm + q * rows + row);
-                p.s = ld_cg(ws + q * rows + row);
-                g = merge(g, p);
-            }
-            g = warp_allreduce_state(g, 32);
+            const State<A> g = warp_merge_published(wm, ws, row, rows, G, tid);
             if (tid == 0) write_state<T, A>(g, row, out_kind, om, os, ov, osign);
         }
     }
@@ -351,11 +337,7 @@ __device__ __forceinline__ void col_softmax(
                 for (i64 q = ty; q < G; q += TY) {
 #pragma unroll
                     for (int e = 0; e < VEC; ++e) {
-                        const i64 idx = (grp * G + q) * W + tx * VEC + e;
-                        State<A> p;
-                        p.m = ld_cg(st_m + idx);
-                        p.s = ld_cg(st_s + idx);
-                        st[e] = merge(st[e], p);
+                        st[e] = merge(st[e], load_published(st_m, st_s, (grp * G + q) * W + tx * VEC + e));
                     }
                 }
                 column_allreduce_state<THREADS, VEC>(st, rm, TX);
@@ -477,12 +459,8 @@ __device__ __forceinline__ void col_stats(
             for (i64 q = ty; q < G; q += TY) {
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) {
-                    if (i + e < inner) {
-                        State<A> p;
-                        p.m = ld_cg(wm + q * P + o * inner + i + e);
-                        p.s = ld_cg(ws + q * P + o * inner + i + e);
-                        st[e] = merge(st[e], p);
-                    }
+                    if (i + e < inner)
+                        st[e] = merge(st[e], load_published(wm, ws, q * P + o * inner + i + e));
                 }
             }
             column_allreduce_state<THREADS, VEC>(st, rm, TX);
