@@ -400,8 +400,8 @@ __device__ __forceinline__ void attn_fwd(const FwdParams& p) {
     };
     // online softmax of tile t, then O += P V_t
     auto softmax_pv = [&](float (&S)[MI][NT][4], int t) {
-        if (t == g.t_begin) online_softmax_first<MI, NT>(S, st, sl2);
-        else online_softmax_step<MI, NT, DT>(S, O, st, sl2);
+        if (t == g.t_begin) online_softmax_step<MI, NT, DT, true>(S, O, st, sl2);
+        else online_softmax_step<MI, NT, DT, false>(S, O, st, sl2);
         const u32 vb = sVa + ((t - g.t_begin) % STAGES) * C::KV_ELEMS * 2 + v_off;
 #pragma unroll
         for (int kk = 0; kk < C::KN; ++kk) {

@@ -61,7 +61,9 @@ struct RowState {
 // One tile: S holds the raw scores of MI x 16 rows by NT x 8 keys (accumulator layout,
 // masked keys already -inf); on return S holds the unnormalised probabilities p and
 // O (MI x DT n-tiles of the output) and l have been rescaled to the new max.
-template <int MI, int NT, int DT>
+// FIRST: the first tile of a row block, whose state is still empty and O zero, so the
+// rescale of l and O is skipped (the caller instantiates both forms).
+template <int MI, int NT, int DT, bool FIRST>
 __device__ __forceinline__ void online_softmax_step(float (&S)[MI][NT][4], float (&O)[MI][DT][4],
                                                     RowState<MI>& st, float scale_log2) {
 #pragma unroll
@@ -73,39 +75,14 @@ __device__ __forceinline__ void online_softmax_step(float (&S)[MI][NT][4], float
             for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(S[mi][nt][2 * h], S[mi][nt][2 * h + 1]));
             mx = quad_max(mx);
             const float ms = shift_scaled(mx, scale_log2);
-            const float alpha = rescale_factor(st.m[mi][h], ms, scale_log2);
-            st.m[mi][h] = mx;
-            float sum = st.l[mi][h] * alpha;
-#pragma unroll
-            for (int dt = 0; dt < DT; ++dt) { O[mi][dt][2 * h] *= alpha; O[mi][dt][2 * h + 1] *= alpha; }
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                const float p0 = cs::ex2_ftz(fmaf(S[mi][nt][2 * h], scale_log2, -ms));
-                const float p1 = cs::ex2_ftz(fmaf(S[mi][nt][2 * h + 1], scale_log2, -ms));
-                S[mi][nt][2 * h] = p0;
-                S[mi][nt][2 * h + 1] = p1;
-                sum += p0 + p1;
-            }
-            st.l[mi][h] = sum;
-        }
-    }
-}
-
-// The first tile: O is zero and the state empty, so nothing needs rescaling.
-template <int MI, int NT>
-__device__ __forceinline__ void online_softmax_first(float (&S)[MI][NT][4], RowState<MI>& st,
-                                                     float scale_log2) {
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            float mx = cs::neg_inf<float>();
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(S[mi][nt][2 * h], S[mi][nt][2 * h + 1]));
-            mx = quad_max(mx);
-            const float ms = shift_scaled(mx, scale_log2);
-            st.m[mi][h] = mx;
             float sum = 0.0f;
+            if constexpr (!FIRST) {
+                const float alpha = rescale_factor(st.m[mi][h], ms, scale_log2);
+                sum = st.l[mi][h] * alpha;
+#pragma unroll
+                for (int dt = 0; dt < DT; ++dt) { O[mi][dt][2 * h] *= alpha; O[mi][dt][2 * h + 1] *= alpha; }
+            }
+            st.m[mi][h] = mx;
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 const float p0 = cs::ex2_ftz(fmaf(S[mi][nt][2 * h], scale_log2, -ms));
