@@ -5,8 +5,11 @@ EFFICIENT_ATTENTION through torch.nn.attention.sdpa_kernel) in the same run.
 
 Timing: CUDA events around each call, after warm-up; the median of --reps calls.
 Decode and merge calls are short, so they are timed as CUDA-graph replays (both ours and
-torch's), which leaves out the Python launch overhead of both sides; where a capture fails
-the eager time is reported instead (marked "e").
+torch's), each queued behind a GPU spin so that neither the Python call nor the host's
+replay call is timed; where a capture fails the eager time is reported instead (marked
+"e").  Decode inputs smaller than 3x L2 are rotated over copies (one graph each), so
+that K and V come from DRAM.  The "eager" columns time plain calls, host overhead
+included.
 
 Prefill: TFLOP/s = 4 * B * H * Lq * Lk * D / time, halved for causal.
 Decode: GB/s = bytes of K and V read once / time.
@@ -49,39 +52,63 @@ def cupy_view(t, dtype_name):
                         strides=strides)
 
 
-def time_eager(fn, reps, warmup=3):
+SPIN_US = 60       # GPU spin queued before each timed replay: longer than the host's enqueue
+
+
+def _spin_cycles(us):
+    import cupy
+    return int(us * cupy.cuda.runtime.getDeviceProperties(0)["clockRate"] / 1000)
+
+
+def _as_list(fns):
+    return list(fns) if isinstance(fns, (list, tuple)) else [fns]
+
+
+def time_eager(fns, reps, warmup=3):
+    """Median event time of each call as a user makes it: the GPU idles while Python runs,
+    so the host overhead counts.  Rotates over the calls of `fns` (one per input set)."""
     import torch
-    for _ in range(warmup):
-        fn()
+    fns = _as_list(fns)
+    for i in range(warmup * len(fns)):
+        fns[i % len(fns)]()
     torch.cuda.synchronize()
     times = []
-    for _ in range(reps):
+    for i in range(reps):
         e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         e0.record()
-        fn()
+        fns[i % len(fns)]()
         e1.record()
         times.append((e0, e1))
     torch.cuda.synchronize()
     return statistics.median(a.elapsed_time(b) for a, b in times) * 1e-3
 
 
-def time_graph_torch(fn, reps, warmup=3):
+def time_graph_torch(fns, reps, warmup=3):
+    """Median event time of one CUDA-graph replay, queued behind a GPU spin (the host's
+    replay call is not timed), rotating over one graph per input set."""
     import torch
+    fns = _as_list(fns)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         for _ in range(warmup):
-            fn()
+            for fn in fns:
+                fn()
     torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        keep = fn()
+    graphs, keep = [], []
+    for fn in fns:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            keep.append(fn())
+        graphs.append(g)
     torch.cuda.synchronize()
+    cycles = _spin_cycles(SPIN_US)
     times = []
-    for _ in range(reps):
+    for i in range(reps):
+        torch.cuda._sleep(cycles)
         e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         e0.record()
-        g.replay()
+        graphs[i % len(graphs)].replay()
         e1.record()
         times.append((e0, e1))
     torch.cuda.synchronize()
@@ -89,43 +116,61 @@ def time_graph_torch(fn, reps, warmup=3):
     return statistics.median(a.elapsed_time(b) for a, b in times) * 1e-3
 
 
-def time_graph_cupy(fn, reps, warmup=3):
+def time_graph_cupy(fns, reps, warmup=3):
+    """As time_graph_torch, for calls on CuPy arrays."""
     import cupy
+    from bench_gpu import spin
+    fns = _as_list(fns)
     s = cupy.cuda.Stream(non_blocking=True)
     cupy.cuda.Device().synchronize()
+    graphs, keep = [], []
     with s:
         for _ in range(warmup):
-            fn()
+            for fn in fns:
+                fn()
         s.synchronize()
-        s.begin_capture()
-        keep = fn()
-        graph = s.end_capture()
-    graph.upload(s)
-    s.synchronize()
-    times = []
-    for _ in range(reps):
-        e0, e1 = cupy.cuda.Event(), cupy.cuda.Event()
-        e0.record(s)
-        graph.launch(s)
-        e1.record(s)
-        times.append((e0, e1))
+        for fn in fns:
+            s.begin_capture()
+            keep.append(fn())
+            graphs.append(s.end_capture())
+        for g in graphs:
+            g.upload(s)
+        s.synchronize()
+        times = []
+        for i in range(reps):
+            spin(SPIN_US)
+            e0, e1 = cupy.cuda.Event(), cupy.cuda.Event()
+            e0.record(s)
+            graphs[i % len(graphs)].launch(s)
+            e1.record(s)
+            times.append((e0, e1))
     s.synchronize()
     del keep
     return statistics.median(cupy.cuda.get_elapsed_time(a, b) for a, b in times) * 1e-3
 
 
-def timed(kind, fn, reps, graph):
+def timed(kind, fns, reps, graph):
     """(seconds, mark) with mark "" for a graph replay or eager as asked, "e" for an eager
     fallback after a failed capture."""
     if not graph:
-        return time_eager(fn, reps), ""
+        return time_eager(fns, reps), ""
     try:
-        return (time_graph_cupy if kind == "cupy" else time_graph_torch)(fn, reps), ""
+        return (time_graph_cupy if kind == "cupy" else time_graph_torch)(fns, reps), ""
     except Exception as exc:  # capture not possible: eager
         print(f"  (graph capture failed for {kind}: {type(exc).__name__}: {exc}; eager)", file=sys.stderr)
         import torch
         torch.cuda.synchronize()
-        return time_eager(fn, reps), "e"
+        return time_eager(fns, reps), "e"
+
+
+def _l2_bytes():
+    import cupy
+    return cupy.cuda.runtime.getDeviceProperties(cupy.cuda.runtime.getDevice())["l2CacheSize"]
+
+
+def input_sets(nbytes, l2_bytes, cap=8):
+    """How many copies of an input of nbytes make >= 3x L2 together (1 if one does)."""
+    return int(min(cap, max(1, -(-3 * l2_bytes // nbytes))))
 
 
 def torch_sdpa(backend, q, k, v, causal, gqa):
@@ -218,21 +263,26 @@ def bench_decode(args, gpu):
     for hkv in (32, 8):
         for B, L in shapes:
             g = torch.Generator(device="cuda").manual_seed(B * L + hkv)
-            q = torch.randn(B, Hq, 1, D, device="cuda", dtype=torch.float16, generator=g)
-            k, v = (torch.randn(B, hkv, L, D, device="cuda", dtype=torch.float16, generator=g) for _ in range(2))
-            cq, ck, cv = (cupy_view(t, "float16") for t in (q, k, v))
             nbytes = 2 * B * hkv * L * D * 2
-            row = {"B": B, "kv_len": L, "Hq": Hq, "Hkv": hkv, "D": D}
-            t, mark = timed("cupy", lambda: attention(cq, ck, cv), args.reps, graph=True)
+            sets = []
+            for _ in range(input_sets(nbytes, _l2_bytes())):
+                q = torch.randn(B, Hq, 1, D, device="cuda", dtype=torch.float16, generator=g)
+                k, v = (torch.randn(B, hkv, L, D, device="cuda", dtype=torch.float16, generator=g) for _ in range(2))
+                sets.append((q, k, v, *(cupy_view(t, "float16") for t in (q, k, v))))
+            q, k, v, cq, ck, cv = sets[0]
+            row = {"B": B, "kv_len": L, "Hq": Hq, "Hkv": hkv, "D": D, "sets": len(sets)}
+            ours = [lambda s=st: attention(s[3], s[4], s[5]) for st in sets]
+            t, mark = timed("cupy", ours, args.reps, graph=True)
             row["ours"], row["ours_mark"] = nbytes / t / 1e9, mark
             row["ours_us"] = t * 1e6
-            te, _ = timed("cupy", lambda: attention(cq, ck, cv), args.reps, graph=False)
+            te, _ = timed("cupy", ours, args.reps, graph=False)
             row["ours_eager"] = nbytes / te / 1e9
             ref = None
             for be in BACKENDS:
                 try:
-                    fn = torch_sdpa(be, q, k, v, False, hkv != Hq)
-                    tt, m = timed("torch", fn, args.reps, graph=True)
+                    fns = [torch_sdpa(be, st[0], st[1], st[2], False, hkv != Hq) for st in sets]
+                    fn = fns[0]
+                    tt, m = timed("torch", fns, args.reps, graph=True)
                     row[be], row[be + "_mark"] = nbytes / tt / 1e9, m
                     if ref is None:
                         ref = fn()
@@ -243,7 +293,7 @@ def bench_decode(args, gpu):
                 row["rel_err"] = rel_err(ref, attention(cq, ck, cv))
             rows.append(row)
             print(_fmt_decode_row(row), flush=True)
-            del q, k, v, cq, ck, cv
+            del q, k, v, cq, ck, cv, sets, ours
             torch.cuda.empty_cache()
     return rows
 

@@ -16,6 +16,7 @@ importable without CuPy, so that a compile check can build every instance with n
 see ``kernel_instances()`` and ``module_source()``.
 """
 
+import functools
 import math
 import numbers
 import sys
@@ -204,8 +205,10 @@ def _check_array(x, xp, name):
 
 
 def _device_of(x):
-    dev = getattr(x, "device", None)
-    return getattr(dev, "id", None)
+    dev_id = getattr(getattr(x, "data", None), "device_id", None)    # CuPy, without a Device object
+    if dev_id is not None:
+        return dev_id
+    return getattr(getattr(x, "device", None), "id", None)
 
 
 def _check_devices(named, xp):
@@ -457,6 +460,50 @@ def _tc_ready(a):
     return all(abs(s) % 16 == 0 for s in a.strides[:-1])
 
 
+@functools.lru_cache(maxsize=1024)
+def _launch_plan(device, name, B, Hkv, G, Lq, Lk, d_run, causal, tune):
+    """(kernel, threads, smem, row_blocks, n_splits, tiles per split) of one problem shape:
+    the kernel config from the tables (or TUNE, whose repr is part of the key), the split
+    of the keys over blocks, and the instance with or without split code."""
+    tc = name in ("float16", "bfloat16")
+    if tc:
+        D = _tile_d(d_run)
+        if Lq <= DECODE_MAX_Q:
+            cfg = TUNE.get("decode", DECODE)[D]
+            if ("decode" not in TUNE and D in DECODE_WIDE
+                    and _cdiv(G * Lq, 16) * Hkv * B >= 2 * _sm_count()):
+                cfg = DECODE_WIDE[D]
+            # two 16-row tiles when the packed rows need them (their partial outputs must
+            # fit the K/V buffers for the final merge of the warps: not at D = 256)
+            cfg = cfg._replace(MI=1 if (G * Lq <= 16 or D > 128) else 2)
+        elif "prefill" in TUNE:
+            cfg = TUNE["prefill"][D]
+        elif D == 64 and causal and Lk <= SHORT_CAUSAL_MAX_K:
+            cfg = PREFILL_64_SHORT_CAUSAL
+        else:
+            cfg = PREFILL[D]
+        threads, smem, BM, BN = cfg.threads, cfg.smem, cfg.BM, cfg.BN
+        # occupancy from the split-capable instance; the plain one (no split code, fewer
+        # registers) runs when the grid needs no split
+        kname = tc_kernel_name(name, cfg, True)
+        fn = _get_kernel(kname, tc_kernel_line(name, cfg, True), smem)
+    else:
+        dp = next(x for x in SIMT_DP if x >= d_run)
+        kname = simt_kernel_name(name, dp)
+        smem = simt_smem(name, dp)
+        fn = _get_kernel(kname, simt_kernel_line(name, dp), smem)
+        threads, BM, BN = 128, 16, SIMT_BK
+
+    row_blocks = _cdiv(G * Lq, BM)
+    blocks = row_blocks * Hkv * B
+    n_tiles = _cdiv(Lk, BN)
+    capacity = _blocks_per_sm(fn, kname, threads, smem) * _sm_count()
+    n_splits, tps = _choose_splits(blocks, n_tiles, capacity)
+    if tc and n_splits == 1 and cfg.WN == 1:
+        fn = _get_kernel(tc_kernel_name(name, cfg, False), tc_kernel_line(name, cfg, False), smem)
+    return fn, threads, smem, row_blocks, n_splits, tps
+
+
 def _cupy_attention(q, k, v, scale, causal, kv_lens, want_lse):
     import cupy
     dtype = q.dtype
@@ -496,42 +543,8 @@ def _cupy_attention(q, k, v, scale, causal, kv_lens, want_lse):
         q, k, v = (a if a.strides[-1] == a.itemsize else _contiguous(a) for a in (q, k, v))
     o_run = out if d_run == d else cupy.empty((B, Hq, Lq, d_run), dtype)
 
-    if tc:
-        D = _tile_d(d_run)
-        decode = Lq <= DECODE_MAX_Q
-        if decode:
-            cfg = TUNE.get("decode", DECODE)[D]
-            if ("decode" not in TUNE and D in DECODE_WIDE
-                    and _cdiv(G * Lq, 16) * Hkv * B >= 2 * _sm_count()):
-                cfg = DECODE_WIDE[D]
-            # two 16-row tiles when the packed rows need them (their partial outputs must
-            # fit the K/V buffers for the final merge of the warps: not at D = 256)
-            cfg = cfg._replace(MI=1 if (G * Lq <= 16 or D > 128) else 2)
-        elif "prefill" in TUNE:
-            cfg = TUNE["prefill"][D]
-        elif D == 64 and causal and Lk <= SHORT_CAUSAL_MAX_K:
-            cfg = PREFILL_64_SHORT_CAUSAL
-        else:
-            cfg = PREFILL[D]
-        threads, smem, BM, BN = cfg.threads, cfg.smem, cfg.BM, cfg.BN
-        # occupancy from the split-capable instance; the plain one (no split code, fewer
-        # registers) runs when the grid needs no split
-        kname = tc_kernel_name(name, cfg, True)
-        fn = _get_kernel(kname, tc_kernel_line(name, cfg, True), smem)
-    else:
-        dp = next(x for x in SIMT_DP if x >= d_run)
-        kname = simt_kernel_name(name, dp)
-        smem = simt_smem(name, dp)
-        fn = _get_kernel(kname, simt_kernel_line(name, dp), smem)
-        threads, BM, BN = 128, 16, SIMT_BK
-
-    row_blocks = _cdiv(G * Lq, BM)
-    blocks = row_blocks * Hkv * B
-    n_tiles = _cdiv(Lk, BN)
-    capacity = _blocks_per_sm(fn, kname, threads, smem) * _sm_count()
-    n_splits, tps = _choose_splits(blocks, n_tiles, capacity)
-    if tc and n_splits == 1 and cfg.WN == 1:
-        fn = _get_kernel(tc_kernel_name(name, cfg, False), tc_kernel_line(name, cfg, False), smem)
+    fn, threads, smem, row_blocks, n_splits, tps = _launch_plan(
+        cupy.cuda.runtime.getDevice(), name, B, Hkv, G, Lq, Lk, d_run, causal, repr(TUNE))
 
     kvl = 0 if kv_lens is None else kv_lens
     if kv_lens is not None and not isinstance(kv_lens, cupy.ndarray):
@@ -585,24 +598,33 @@ def _pad_last(a, n):
     return out.view(a.dtype)
 
 
-def _cupy_merge(o_list, l_list, stacked, out_dtype, acc_dtype, d, rows):
-    """Merge kernels over CuPy parts; o_list/l_list: lists of (rows, d) / (rows,) arrays, or
-    one stacked (P, rows, d) / (P, rows) pair.  Lists of more than 8 parts are merged 8 at
-    a time into intermediate results in the accumulation dtype (merging is associative)."""
+@functools.lru_cache(maxsize=None)
+def _merge_kernel(device, kind, part, out, acc):
+    return _get_kernel(merge_kernel_name(kind, part, out, acc), merge_kernel_line(kind, part, out, acc), 0)
+
+
+def _cupy_merge(o_list, l_list, stacked, out_dtype, acc_dtype, shape):
+    """Merge kernels over CuPy parts of `shape` (..., d) (lses: shape[:-1]); o_list/l_list:
+    lists of arrays, or one stacked (P, ...) pair.  A C-contiguous part is passed as it is
+    (the kernels see rows x d), others are copied.  Lists of more than 8 parts are merged
+    8 at a time into intermediate results in the accumulation dtype (merging is
+    associative)."""
     import cupy
+    d = shape[-1]
+    rows = math.prod(shape[:-1])
     i32, i64 = np.int32, np.int64
     grid = (_cdiv(rows, 8),)
+    dev = cupy.cuda.runtime.getDevice()
     an = acc_dtype.name
     if stacked:
         o_st = cupy.ascontiguousarray(o_list if o_list.dtype == out_dtype else o_list.astype(out_dtype))
         l_st = cupy.ascontiguousarray(l_list if l_list.dtype == acc_dtype else l_list.astype(acc_dtype))
-        out = _alloc.empty((rows, d), out_dtype, cupy)
-        lse = _alloc.empty((rows,), acc_dtype, cupy)
+        out = _alloc.empty(shape, out_dtype, cupy)
+        lse = _alloc.empty(shape[:-1], acc_dtype, cupy)
         on = out_dtype.name
-        fn = _get_kernel(merge_kernel_name("stacked", on, on, an),
-                         merge_kernel_line("stacked", on, on, an), 0)
-        fn(grid, (256,), (o_st, l_st, i32(o_st.shape[0]), i64(rows * d), i64(rows), out, lse,
-                          i64(rows), i32(d)))
+        _merge_kernel(dev, "stacked", on, on, an)(
+            grid, (256,), (o_st, l_st, i32(o_st.shape[0]), i64(rows * d), i64(rows), out, lse,
+                           i64(rows), i32(d)))
         return out, lse
     os_ = [o if (o.dtype == out_dtype and o.flags.c_contiguous) else
            cupy.ascontiguousarray(o.astype(out_dtype, copy=False)) for o in o_list]
@@ -615,13 +637,14 @@ def _cupy_merge(o_list, l_list, stacked, out_dtype, acc_dtype, d, rows):
         for go, gl in groups:
             part_t = go[0].dtype
             res_t = out_dtype if last else acc_dtype
-            out = _alloc.empty((rows, d), res_t, cupy) if last else cupy.empty((rows, d), res_t)
-            lse = _alloc.empty((rows,), acc_dtype, cupy) if last else cupy.empty((rows,), acc_dtype)
+            if last:
+                out, lse = _alloc.empty(shape, res_t, cupy), _alloc.empty(shape[:-1], acc_dtype, cupy)
+            else:
+                out, lse = cupy.empty((rows, d), res_t), cupy.empty((rows,), acc_dtype)
             n = len(go)
-            fn = _get_kernel(merge_kernel_name("list", part_t.name, res_t.name, an),
-                             merge_kernel_line("list", part_t.name, res_t.name, an), 0)
-            fn(grid, (256,), (*go, *([go[0]] * (8 - n)), *gl, *([gl[0]] * (8 - n)),
-                              i32(n), out, lse, i64(rows), i32(d)))
+            _merge_kernel(dev, "list", part_t.name, res_t.name, an)(
+                grid, (256,), (*go, *([go[0]] * (8 - n)), *gl, *([gl[0]] * (8 - n)),
+                               i32(n), out, lse, i64(rows), i32(d)))
             new_o.append(out)
             new_l.append(lse)
         if last:
@@ -739,8 +762,7 @@ def _as_parts(parts, xp, what):
         if arr.ndim < 1:
             raise ValueError(f"{what} must be a sequence of arrays or an array stacked along axis 0")
         return arr, True
-    parts = list(parts)
-    return [xp.asarray(p) for p in parts], False
+    return [p if type(p) is xp.ndarray else xp.asarray(p) for p in parts], False
 
 
 def merge_attention(outputs, lses):
@@ -803,8 +825,8 @@ def merge_attention(outputs, lses):
     flat_o = list(outputs) if not hasattr(outputs, "shape") else [outputs]
     flat_l = list(lses) if not hasattr(lses, "shape") else [lses]
     xp, _ = _dispatch.namespace(*flat_o, *flat_l)
-    o_parts, o_stacked = _as_parts(outputs, xp, "outputs")
-    l_parts, l_stacked = _as_parts(lses, xp, "lses")
+    o_parts, o_stacked = _as_parts(flat_o[0] if hasattr(outputs, "shape") else flat_o, xp, "outputs")
+    l_parts, l_stacked = _as_parts(flat_l[0] if hasattr(lses, "shape") else flat_l, xp, "lses")
     n_o = o_parts.shape[0] if o_stacked else len(o_parts)
     n_l = l_parts.shape[0] if l_stacked else len(l_parts)
     if n_o == 0:
@@ -839,25 +861,18 @@ def merge_attention(outputs, lses):
     any64 = out_dtype == np.float64 or any(l.dtype == np.float64 for l in l_list)
     acc_dtype = np.dtype(np.float64 if any64 else np.float32)
     d = shape[-1]
-    rows = int(np.prod(shape[:-1], dtype=np.int64))
-    cupy_path = xp is not np and 0 < d <= 256 and rows > 0
-    if cupy_path:
+    rows = math.prod(shape[:-1])
+    if xp is not np and 0 < d <= 256 and rows > 0:
         if o_stacked and l_stacked:
-            o_in = o_parts.reshape(n_o, rows, d)
-            l_in = l_parts.reshape(n_l, rows)
-            out, lse = _cupy_merge(o_in, l_in, True, out_dtype, acc_dtype, d, rows)
-        else:
-            out, lse = _cupy_merge([o.reshape(rows, d) for o in o_list],
-                                   [l.reshape(rows) for l in l_list], False,
-                                   out_dtype, acc_dtype, d, rows)
-    else:
-        o_st = xp.stack([o.reshape(rows, d) for o in o_list])
-        l_st = xp.stack([l.reshape(rows).astype(acc_dtype) for l in l_list])
-        out_m, lse_m = _merge_generic(o_st, l_st, out_dtype, xp)
-        out = _alloc.empty((rows, d), out_dtype, xp)
-        lse = _alloc.empty((rows,), acc_dtype, xp)
-        out[...] = out_m
-        lse[...] = lse_m
+            return _cupy_merge(o_parts, l_parts, True, out_dtype, acc_dtype, shape)
+        return _cupy_merge(o_list, l_list, False, out_dtype, acc_dtype, shape)
+    o_st = xp.stack([o.reshape(rows, d) for o in o_list])
+    l_st = xp.stack([l.reshape(rows).astype(acc_dtype) for l in l_list])
+    out_m, lse_m = _merge_generic(o_st, l_st, out_dtype, xp)
+    out = _alloc.empty((rows, d), out_dtype, xp)
+    lse = _alloc.empty((rows,), acc_dtype, xp)
+    out[...] = out_m
+    lse[...] = lse_m
     return out.reshape(shape), lse.reshape(shape[:-1])
 
 

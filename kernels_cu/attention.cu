@@ -48,10 +48,8 @@ __device__ __forceinline__ void cp_async16(u32 dst, const void* src, int src_byt
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
                  : "memory");
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
+using cs::cp_async_commit;      // the commit / wait of the softmax kernels' staged chunks
+using cs::cp_async_wait;
 __device__ __forceinline__ void ldsm_x4(u32 (&r)[4], u32 addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
@@ -125,47 +123,56 @@ __device__ __forceinline__ Geometry block_geometry(const FwdParams& p) {
 // lse_p natural log), by the state rule of online_softmax.cuh:
 //     M = max_p lse_p,  w_p = rescale(lse_p, M),  o = sum w_p o_p / sum w_p,  lse = shift(M) + log sum w_p
 // A part with lse = -inf contributes nothing, whatever its o_p holds (its value is replaced
-// by 0 before the product, so a NaN there cannot leak).  The lse of 32 parts are loaded at
-// once (one per lane) and the o loads of UNROLL parts are independent, so that the row
-// costs a few memory latencies, not one per part.  CG: read through L2 only (partials
-// written by other blocks of the same launch).
+// by 0 before the product, so a NaN there cannot leak).  The lse of 32 parts (one per lane)
+// and the o values of the first PB parts are loaded before any of them is used, so a row of
+// up to PB parts costs one memory latency (the o loads do not wait for the weights); each
+// further PB parts cost one more.  The first group's part indices are constants, so a
+// caller's part lookup (a switch over kernel arguments) folds away.  CG: read through L2
+// only (partials written by other blocks of the same launch).
 template <bool CG, typename TP>
 __device__ __forceinline__ typename cs::AccOf<TP>::type load_part(const TP* p) {
     if constexpr (CG) return cs::ld_cg(p);
     else return cs::to_acc(*p);
 }
 
-template <typename TP, typename TO, typename A, bool CG, int UNROLL, typename GetO, typename GetL>
+template <typename TP, typename TO, typename A, bool CG, typename GetO, typename GetL>
 __device__ __forceinline__ void merge_row(int nparts, GetO get_o, GetL get_l, TO* out, A* lse_out,
                                           int d, int lane) {
-    constexpr int MAXC = 8;                              // 256 / 32 columns a lane
+    constexpr int MAXC = 8, PB = 8;                      // 256 / 32 columns a lane; parts in flight
     const A ninf = cs::neg_inf<A>();
-    A M = ninf;
-    for (int p0 = 0; p0 < nparts; p0 += 32)
-        if (p0 + lane < nparts) M = cs::max_nf(M, (A)load_part<CG>(get_l(p0 + lane)));
+    A vals[PB][MAXC];
+    auto load_group = [&](int p0) {
+#pragma unroll
+        for (int j = 0; j < PB; ++j)
+#pragma unroll
+            for (int k = 0; k < MAXC; ++k) {
+                const int c = lane + 32 * k;
+                vals[j][k] = (p0 + j < nparts && c < d) ? (A)load_part<CG>(get_o(p0 + j) + c) : A(0);
+            }
+    };
+    A l = lane < nparts ? (A)load_part<CG>(get_l(lane)) : ninf;
+    load_group(0);
+    A M = l;
+    for (int p = 32 + lane; p < nparts; p += 32) M = cs::max_nf(M, (A)load_part<CG>(get_l(p)));
     M = cs::warp_allreduce<cs::MaxOp>(M, 32);
     A acc[MAXC];
 #pragma unroll
     for (int k = 0; k < MAXC; ++k) acc[k] = A(0);
     A S = A(0);
-    for (int p0 = 0; p0 < nparts; p0 += 32) {
-        const int pi = p0 + lane;
-        const A l = pi < nparts ? (A)load_part<CG>(get_l(pi)) : ninf;
+    for (int q0 = 0; q0 < nparts; q0 += 32) {            // lane j holds part q0 + j
+        if (q0 > 0) l = q0 + lane < nparts ? (A)load_part<CG>(get_l(q0 + lane)) : ninf;
         const A w = (l == ninf) ? A(0) : cs::rescale(l, M);
         S = cs::add_nf(S, w);
-        const int n = nparts - p0 < 32 ? nparts - p0 : 32;
-#pragma unroll UNROLL
-        for (int j = 0; j < n; ++j) {
-            const A wj = __shfl_sync(0xffffffffu, w, j);
-            const A lj = __shfl_sync(0xffffffffu, l, j);
-            const TP* o = get_o(p0 + j);
+        const int qn = imin(nparts - q0, 32);
+        for (int g0 = 0; g0 < qn; g0 += PB) {
+            if (q0 + g0 > 0) load_group(q0 + g0);
 #pragma unroll
-            for (int k = 0; k < MAXC; ++k) {
-                const int c = lane + 32 * k;
-                if (c < d) {
-                    const A val = (A)load_part<CG>(o + c);
-                    acc[k] = fma(wj, lj == ninf ? A(0) : val, acc[k]);
-                }
+            for (int j = 0; j < PB; ++j) {
+                // parts past nparts: l = -inf on their lane, so they add 0
+                const A wj = __shfl_sync(0xffffffffu, w, g0 + j);
+                const bool none = __shfl_sync(0xffffffffu, l, g0 + j) == ninf;
+#pragma unroll
+                for (int k = 0; k < MAXC; ++k) acc[k] = fma(wj, none ? A(0) : vals[j][k], acc[k]);
             }
         }
     }
@@ -215,7 +222,7 @@ __device__ __noinline__ void finish_splits(void* o_, void* lse_, const void* o_p
         const i64 row = ((i64)b * hq + head) * q_len + i;
         TO* orow = reinterpret_cast<TO*>(o_) + (i64)b * o_sb + (i64)head * o_sh + (i64)i * o_ss;
         A* lrow = lse_ ? reinterpret_cast<A*>(lse_) + row : (A*)0;
-        merge_row<A, TO, A, true, 16>(
+        merge_row<A, TO, A, true>(
             n_splits, [&](int pi) { return op + (pi * pstride + row) * d; },
             [&](int pi) { return lp + pi * pstride + row; }, orow, lrow, d, lane);
     }

@@ -6,14 +6,17 @@
 #
 #   tools/device_run.sh                      # tests sanitize bench
 #   tools/device_run.sh tests                # any subset of: tests check sanitize bench sweep quick
-#   (check: tools/sanitize_run.py's results alone, without compute-sanitizer)
+#                                            #   profile attention
+#   (check: tools/sanitize_run.py's results alone, without compute-sanitizer; profile:
+#   Nsight Compute over bench/profile_kernels.py, cases from PROFILE_CASES; attention:
+#   bench_attention.py alone, with ATTN_ARGS)
 #   tools/device_run.sh bench sweep          # benchmark plus the size-table sweep
 #   tools/device_run.sh bench quick          # a quick subset of the benchmarks
 # Wheels in .whl/ (dask, distributed, dask-cuda: not in the device image) are installed
 # first when present.  PYTEST_ARGS (default "-x", split on spaces) and PYTEST_K (one -k
-# expression) are added to the pytest command, BENCH_ARGS to bench_gpu.py's; T_TESTS,
-# T_CHECK, T_MEMCHECK, T_RACECHECK, T_BENCH cap each step's seconds (a hang must not eat
-# the machine time).
+# expression) are added to the pytest command, BENCH_ARGS to bench_gpu.py's, ATTN_ARGS
+# to bench_attention.py's; T_TESTS, T_CHECK, T_MEMCHECK, T_RACECHECK, T_BENCH, T_PROFILE
+# cap each step's seconds (a hang must not eat the machine time).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-/tmp/cupy_softmax_out}
@@ -79,6 +82,25 @@ if want sanitize; then
     done
 fi
 
+if want profile; then
+    step "Nsight Compute"
+    # shellcheck disable=SC2086
+    timeout -k 10 "${T_PROFILE:-240}" ncu --profile-from-start off --clock-control none \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        $PY bench/profile_kernels.py ${PROFILE_CASES:-} > "$OUT/ncu.txt" 2>&1
+    echo "ncu exit $?"
+    grep -E "^=== case|^  [A-Za-z_].*\(|Duration|DRAM Throughput|Registers Per|Achieved Occupancy" \
+        "$OUT/ncu.txt" | head -150
+fi
+
+if want attention; then
+    step "attention benchmark"
+    # shellcheck disable=SC2086
+    timeout -k 10 "${T_BENCH:-300}" $PY bench/bench_attention.py --out "$OUT" ${ATTN_ARGS:-} \
+        > "$OUT/bench_attention.log" 2>&1 || status=1
+    grep -E "^\|" "$OUT/bench_attention.log" | head -80
+fi
+
 if want bench; then
     step "benchmark"
     args=(--out "$OUT")
@@ -100,7 +122,8 @@ elif want sweep; then
     step "size-table sweep"
     $PY - "$OUT" <<'PY'
 import sys
-sys.argv = ["bench_gpu", "--out", sys.argv[1]]
+out = sys.argv[1]
+sys.argv = ["bench_gpu", "--out", out]
 sys.path.insert(0, "bench")
 import bench_gpu as b, cupy
 p = cupy.cuda.runtime.getDeviceProperties(0)
@@ -108,7 +131,7 @@ copy = b.copy_bandwidth()
 print(f"copy {copy:.0f} GB/s")
 s = b.sweep(20, p["l2CacheSize"], copy)
 print(s)
-open(sys.argv[1] + "/sweep.md", "w").write(s + "\n")
+open(out + "/sweep.md", "w").write(s + "\n")
 PY
 fi
 

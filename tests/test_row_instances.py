@@ -1,0 +1,63 @@
+"""Every row_softmax instance of the size table, on the GPU, in every role.
+
+The table picks one instance per row length, and test_special's size sweep runs 1 and
+3 rows, so an instance would otherwise run only at the sizes that select it.  Here each
+one is forced (``_cupy_backend.TUNE``) as a (sub-)warp per row and as a block per row
+(or as the cluster it was built for), on 37 rows that end inside a vector or, for
+clusters, inside the last block, with a large entry and a row of -inf; softmax,
+log_softmax and the normalisation against a partial state are checked.
+"""
+
+import numpy as np
+import pytest
+
+import cupy_softmax as cs
+from _helpers import CUPY, CUPY_SKIP_REASON, assert_close, dtype_of, ref_softmax
+
+pytestmark = pytest.mark.skipif(CUPY is None, reason=str(CUPY_SKIP_REASON))
+
+DTYPES = {4: ["float32"], 2: ["float16", "bfloat16"], 8: ["float64"]}
+ROWS = 37
+
+
+def _cases():
+    from cupy_softmax import _kernels as K
+    out = []
+    for itemsize, names in DTYPES.items():
+        for threads, ept, xch, staged in K._row_softmax_shapes(itemsize):
+            chunk = threads * ept
+            if xch >= 2:        # a cluster of xch blocks, the last one partly filled, aligned rows
+                tunes = [({"row_entry": (threads, ept, xch)}, chunk * (xch - 1) + 8)]
+            elif xch == 1:      # split rows exchanging through global memory: test_special's sizes
+                continue
+            else:               # a sub-warp / warp per row, and a block per row
+                tunes = [({"row_block": (threads, ept, 0, staged)}, min(32 * ept, chunk) - 3),
+                         ({"row_block": (threads, ept, threads, staged)}, chunk - 3)]
+            for name in names:
+                for tune, n in tunes:
+                    kind = next(iter(tune))
+                    out.append(pytest.param(name, tune, n, id=f"{name}-{kind}-{tune[kind]}-n{n}"))
+    return out
+
+
+@pytest.mark.parametrize("dtype_name, tune, n", _cases())
+def test_row_softmax_instance(dtype_name, tune, n, monkeypatch):
+    from cupy_softmax import _cupy_backend, _kernels
+    if "row_entry" in tune and not _kernels.has_clusters():
+        pytest.skip("clusters need sm_90")
+    dtype = dtype_of(dtype_name)
+    rng = np.random.default_rng(n)
+    x_np = (rng.standard_normal((ROWS, n)) * 4).astype(dtype)
+    x_np[1, n // 3] = 40            # one large entry
+    x_np[2, :] = -np.inf            # a row with no finite entry
+    x = CUPY.asarray(x_np)
+    for key, value in tune.items():
+        monkeypatch.setitem(_cupy_backend.TUNE, key, value)
+    with np.errstate(invalid="ignore"):
+        ref_p = ref_softmax(x_np, -1, False)
+        ref_l = ref_softmax(x_np, -1, True)
+    assert_close(cs.softmax(x, axis=-1), ref_p, dtype, "prob", what=f"softmax {tune}")
+    assert_close(cs.log_softmax(x, axis=-1), ref_l, dtype, "log", what=f"log_softmax {tune}")
+    st = cs.partial_state(x, axis=-1)
+    assert_close(cs.softmax_from_state(x, st, axis=-1), ref_p, dtype, "prob",
+                 what=f"softmax_from_state {tune}")
