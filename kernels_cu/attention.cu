@@ -130,9 +130,9 @@ __device__ __forceinline__ Geometry block_geometry(const FwdParams& p) {
 // caller's part lookup (a switch over kernel arguments) folds away.  CG: read through L2
 // only (partials written by other blocks of the same launch).
 template <bool CG, typename TP>
-__device__ __forceinline__ typename cs::AccOf<TP>::type load_part(const TP* p) {
+__device__ __forceinline__ TP load_part(const TP* p) {
     if constexpr (CG) return cs::ld_cg(p);
-    else return cs::to_acc(*p);
+    else return *p;
 }
 
 template <typename TP, typename TO, typename A, bool CG, typename GetO, typename GetL>
@@ -140,27 +140,29 @@ __device__ __forceinline__ void merge_row(int nparts, GetO get_o, GetL get_l, TO
                                           int d, int lane) {
     constexpr int MAXC = 8, PB = 8;                      // 256 / 32 columns a lane; parts in flight
     const A ninf = cs::neg_inf<A>();
-    A vals[PB][MAXC];
+    // As loaded (16-bit values converted only where used: a conversion right after
+    // each load would make the next load wait for it).
+    TP vals[PB][MAXC];
     auto load_group = [&](int p0) {
 #pragma unroll
         for (int j = 0; j < PB; ++j)
 #pragma unroll
             for (int k = 0; k < MAXC; ++k) {
                 const int c = lane + 32 * k;
-                vals[j][k] = (p0 + j < nparts && c < d) ? (A)load_part<CG>(get_o(p0 + j) + c) : A(0);
+                vals[j][k] = (p0 + j < nparts && c < d) ? load_part<CG>(get_o(p0 + j) + c) : TP{};
             }
     };
-    A l = lane < nparts ? (A)load_part<CG>(get_l(lane)) : ninf;
+    A l = lane < nparts ? load_part<CG>(get_l(lane)) : ninf;
     load_group(0);
     A M = l;
-    for (int p = 32 + lane; p < nparts; p += 32) M = cs::max_nf(M, (A)load_part<CG>(get_l(p)));
+    for (int p = 32 + lane; p < nparts; p += 32) M = cs::max_nf(M, load_part<CG>(get_l(p)));
     M = cs::warp_allreduce<cs::MaxOp>(M, 32);
     A acc[MAXC];
 #pragma unroll
     for (int k = 0; k < MAXC; ++k) acc[k] = A(0);
     A S = A(0);
     for (int q0 = 0; q0 < nparts; q0 += 32) {            // lane j holds part q0 + j
-        if (q0 > 0) l = q0 + lane < nparts ? (A)load_part<CG>(get_l(q0 + lane)) : ninf;
+        if (q0 > 0) l = q0 + lane < nparts ? load_part<CG>(get_l(q0 + lane)) : ninf;
         const A w = (l == ninf) ? A(0) : cs::rescale(l, M);
         S = cs::add_nf(S, w);
         const int qn = imin(nparts - q0, 32);
@@ -172,7 +174,7 @@ __device__ __forceinline__ void merge_row(int nparts, GetO get_o, GetL get_l, TO
                 const A wj = __shfl_sync(0xffffffffu, w, g0 + j);
                 const bool none = __shfl_sync(0xffffffffu, l, g0 + j) == ninf;
 #pragma unroll
-                for (int k = 0; k < MAXC; ++k) acc[k] = fma(wj, none ? A(0) : vals[j][k], acc[k]);
+                for (int k = 0; k < MAXC; ++k) acc[k] = fma(wj, none ? A(0) : (A)cs::to_acc(vals[j][k]), acc[k]);
             }
         }
     }
