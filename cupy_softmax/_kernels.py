@@ -157,16 +157,17 @@ def min_blocks(threads, smem, regs):
 
 def row_softmax_min_blocks(itemsize, vec, threads, ept, staged):
     """Staged: 40 registers (1536 threads per SM); 64 for float64 and for scalar loads
-    (which pass through registers on their way to shared memory).  In registers: 40
+    (which pass through registers on their way to shared memory).  In registers: 48
     for float32 vectors of up to 16 elements a thread (ncu, session 3: at 56 registers
-    only 4 blocks of 256 fit and the rows of 128 and 4096 were occupancy-bound), 64 up
-    to 32 registers of chunk, 128 beyond (64 halves, 16 doubles)."""
+    only 4 blocks of 256 fit and the rows of 128 and 4096 were occupancy-bound; 5 blocks
+    at 48 registers matched 6 at 40, which spills), 64 up to 32 registers of chunk, 128
+    beyond (64 halves, 16 doubles)."""
     if staged:
         regs = 64 if itemsize == 8 or vec == 1 else 40
     else:
         words = ept * itemsize // 4
         if itemsize == 4 and vec > 1 and ept <= 16:
-            regs = 40
+            regs = 48
         else:
             regs = 128 if words > 32 or (itemsize == 8 and ept >= 16) else 64
     return min_blocks(threads, row_softmax_smem(itemsize, threads, ept, staged), regs)
