@@ -119,7 +119,7 @@ def time_graph_torch(fns, reps, warmup=3):
 def time_graph_cupy(fns, reps, warmup=3):
     """As time_graph_torch, for calls on CuPy arrays."""
     import cupy
-    from bench_gpu import spin
+    from bench_gpu import time_op
     fns = _as_list(fns)
     s = cupy.cuda.Stream(non_blocking=True)
     cupy.cuda.Device().synchronize()
@@ -135,18 +135,9 @@ def time_graph_cupy(fns, reps, warmup=3):
             graphs.append(s.end_capture())
         for g in graphs:
             g.upload(s)
-        s.synchronize()
-        times = []
-        for i in range(reps):
-            spin(SPIN_US)
-            e0, e1 = cupy.cuda.Event(), cupy.cuda.Event()
-            e0.record(s)
-            graphs[i % len(graphs)].launch(s)
-            e1.record(s)
-            times.append((e0, e1))
-    s.synchronize()
+        us = time_op(lambda g: g.launch(s), [(g,) for g in graphs], reps, warmup=1, spin_us=SPIN_US)
     del keep
-    return statistics.median(cupy.cuda.get_elapsed_time(a, b) for a, b in times) * 1e-3
+    return us * 1e-6
 
 
 def timed(kind, fns, reps, graph):
