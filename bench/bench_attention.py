@@ -383,6 +383,23 @@ def bench_sweep(args, gpu):
     return rows
 
 
+_PLOT_SERIES = [("ours", "cupy_softmax"), ("FLASH_ATTENTION", "torch FLASH"),
+                ("CUDNN_ATTENTION", "torch cuDNN"), ("EFFICIENT_ATTENTION", "torch EFFICIENT")]
+
+
+def _bars(ax, rows, labels, ylabel, title):
+    """Grouped bars, one group per row and one bar per library."""
+    x = range(len(rows))
+    w = 0.2
+    for i, (key, name) in enumerate(_PLOT_SERIES):
+        ax.bar([xi + (i - 1.5) * w for xi in x], [r.get(key) or 0 for r in rows], w, label=name)
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(labels, rotation=70, fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
 def plot(results, path):
     try:
         import matplotlib
@@ -393,32 +410,12 @@ def plot(results, path):
     fig, axes = plt.subplots(1, 2, figsize=(15, 5))
     pre = results.get("prefill") or []
     if pre:
-        labels = [f"{r['dtype'][:4]} S{r['S']} D{r['D']}{' c' if r['causal'] else ''}" for r in pre]
-        x = range(len(pre))
-        w = 0.2
-        for i, (key, name) in enumerate([("ours", "cupy_softmax"), ("FLASH_ATTENTION", "torch FLASH"),
-                                         ("CUDNN_ATTENTION", "torch cuDNN"),
-                                         ("EFFICIENT_ATTENTION", "torch EFFICIENT")]):
-            axes[0].bar([xi + (i - 1.5) * w for xi in x], [r.get(key) or 0 for r in pre], w, label=name)
-        axes[0].set_xticks(list(x))
-        axes[0].set_xticklabels(labels, rotation=70, fontsize=7)
-        axes[0].set_ylabel("TFLOP/s")
-        axes[0].set_title("attention forward (B*S = 32768, 16 heads)")
-        axes[0].legend(fontsize=8)
+        _bars(axes[0], pre, [f"{r['dtype'][:4]} S{r['S']} D{r['D']}{' c' if r['causal'] else ''}" for r in pre],
+              "TFLOP/s", "attention forward (B*S = 32768, 16 heads)")
     dec = results.get("decode") or []
     if dec:
-        labels = [f"B{r['B']} L{r['kv_len']} kv{r['Hkv']}" for r in dec]
-        x = range(len(dec))
-        w = 0.2
-        for i, (key, name) in enumerate([("ours", "cupy_softmax"), ("FLASH_ATTENTION", "torch FLASH"),
-                                         ("CUDNN_ATTENTION", "torch cuDNN"),
-                                         ("EFFICIENT_ATTENTION", "torch EFFICIENT")]):
-            axes[1].bar([xi + (i - 1.5) * w for xi in x], [r.get(key) or 0 for r in dec], w, label=name)
-        axes[1].set_xticks(list(x))
-        axes[1].set_xticklabels(labels, rotation=70, fontsize=7)
-        axes[1].set_ylabel("GB/s (K and V read once)")
-        axes[1].set_title("decode attention, q_len 1, 32 heads, D 128, float16")
-        axes[1].legend(fontsize=8)
+        _bars(axes[1], dec, [f"B{r['B']} L{r['kv_len']} kv{r['Hkv']}" for r in dec],
+              "GB/s (K and V read once)", "decode attention, q_len 1, 32 heads, D 128, float16")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
