@@ -176,6 +176,24 @@ def torch_sdpa(backend, q, k, v, causal, gqa):
     return fn
 
 
+def time_backends(row, make_fns, work, reps, graph):
+    """Time each torch backend: make_fns(backend) gives its call (or one call per input
+    set); row[backend] = work / seconds, None where the backend fails.  Returns the first
+    working backend's output, the reference for the error column."""
+    ref = None
+    for be in BACKENDS:
+        try:
+            fns = _as_list(make_fns(be))
+            t, mark = timed("torch", fns, reps, graph)
+            row[be], row[be + "_mark"] = work / t, mark
+            if ref is None:
+                ref = fns[0]()
+        except Exception as exc:
+            row[be] = None
+            print(f"  {be} failed: {type(exc).__name__}: {str(exc)[:120]}", file=sys.stderr)
+    return ref
+
+
 def rel_err(a_torch, b_cupy):
     """||a - b|| / ||a|| of a torch reference and our CuPy result (same dtype and shape)."""
     import numpy as np
@@ -210,17 +228,8 @@ def bench_prefill(args, gpu):
                     ours = lambda: attention(cq, ck, cv, causal=causal)
                     t, _ = timed("cupy", ours, args.reps, graph=False)
                     row["ours"] = flops / t / 1e12
-                    ref = None
-                    for be in BACKENDS:
-                        try:
-                            fn = torch_sdpa(be, q, k, v, causal, False)
-                            tt, _ = timed("torch", fn, args.reps, graph=False)
-                            row[be] = flops / tt / 1e12
-                            if ref is None:
-                                ref = fn()
-                        except Exception as exc:
-                            row[be] = None
-                            print(f"  {be} failed: {type(exc).__name__}: {str(exc)[:120]}", file=sys.stderr)
+                    ref = time_backends(row, lambda be: torch_sdpa(be, q, k, v, causal, False),
+                                        flops / 1e12, args.reps, graph=False)
                     if ref is not None:
                         row["rel_err"] = rel_err(ref, attention(cq, ck, cv, causal=causal))
                     rows.append(row)
@@ -268,18 +277,9 @@ def bench_decode(args, gpu):
             row["ours_us"] = t * 1e6
             te, _ = timed("cupy", ours, args.reps, graph=False)
             row["ours_eager"] = nbytes / te / 1e9
-            ref = None
-            for be in BACKENDS:
-                try:
-                    fns = [torch_sdpa(be, st[0], st[1], st[2], False, hkv != Hq) for st in sets]
-                    fn = fns[0]
-                    tt, m = timed("torch", fns, args.reps, graph=True)
-                    row[be], row[be + "_mark"] = nbytes / tt / 1e9, m
-                    if ref is None:
-                        ref = fn()
-                except Exception as exc:
-                    row[be] = None
-                    print(f"  {be} failed: {type(exc).__name__}: {str(exc)[:120]}", file=sys.stderr)
+            ref = time_backends(
+                row, lambda be: [torch_sdpa(be, st[0], st[1], st[2], False, hkv != Hq) for st in sets],
+                nbytes / 1e9, args.reps, graph=True)
             if ref is not None:
                 row["rel_err"] = rel_err(ref, attention(cq, ck, cv))
             rows.append(row)
