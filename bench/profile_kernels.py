@@ -39,15 +39,19 @@ def _softmax_case(op, shape, dtype, axis):
     return run
 
 
-def _decode_case(B, L, hkv, hq=32, d=128):
+def _decode_case(B, L, hkv, hq=32, d=128, valid=None):
+    """valid: every batch entry's kv_lens (None: all keys); 0 leaves only the fixed cost
+    of the kernel (launch, prologue, the merge of the warps and of the splits)."""
     rs = cupy.random.RandomState(0)
     q = rs.standard_normal((B, hq, 1, d), dtype=np.float32).astype(np.float16)
     k, v = (rs.standard_normal((B, hkv, L, d), dtype=np.float32).astype(np.float16) for _ in range(2))
     tq, tk, tv = (_torch_of(a) for a in (q, k, v))
 
+    kv_lens = None if valid is None else cupy.full(B, valid, np.int32)
+
     def run():
-        attention(q, k, v)
-        if torch is not None:
+        attention(q, k, v, kv_lens=kv_lens)
+        if torch is not None and valid is None:
             from torch.nn.attention import SDPBackend, sdpa_kernel
             with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
                 torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, enable_gqa=hkv != hq)
@@ -73,12 +77,17 @@ CASES = {
     "decode_mha_1x8192": lambda: _decode_case(1, 8192, 32),
     "decode_gqa_1x8192": lambda: _decode_case(1, 8192, 8),
     "decode_gqa_1x131072": lambda: _decode_case(1, 131072, 8),
+    "decode_mha_1x8192_nokeys": lambda: _decode_case(1, 8192, 32, valid=0),
+    "decode_gqa_1x8192_nokeys": lambda: _decode_case(1, 8192, 8, valid=0),
+    "decode_mha_1x8192_onetile": lambda: _decode_case(1, 8192, 32, valid=128),
     "softmax_f32_65536x128": lambda: _softmax_case("softmax", (65536, 128), "float32", -1),
     "softmax_f32_4096x4096": lambda: _softmax_case("softmax", (4096, 4096), "float32", -1),
     "softmax_f32_8192x32000": lambda: _softmax_case("softmax", (8192, 32000), "float32", -1),
     "softmax_f16_32768x1024": lambda: _softmax_case("softmax", (32768, 1024), "float16", -1),
     "logsumexp_f32_4096x4096": lambda: _softmax_case("logsumexp", (4096, 4096), "float32", -1),
     "softmax_f32_32768x1024_axis0": lambda: _softmax_case("softmax", (32768, 1024), "float32", 0),
+    "softmax_f16_32768x1024_axis0": lambda: _softmax_case("softmax", (32768, 1024), "float16", 0),
+    "softmax_f32_8192x32000_axis0": lambda: _softmax_case("softmax", (8192, 32000), "float32", 0),
     "prefill_d128_s1024_causal": lambda: _prefill_case(1024, 128, True),
 }
 

@@ -14,7 +14,8 @@ in ``_kernels.py``:
   (``row_stats``), then normalise (mode 2).
 * inner > 1 (columns): ``col_softmax`` reads W consecutive columns coalesced and
   walks n, split over G blocks in the same way when n is a few blocks long, and
-  state-then-normalise beyond (``K.COL_SPLIT_MAX``).
+  state (``col_stats``) then normalise (``col_normalize``) beyond
+  (``K.COL_SPLIT_MAX``).
 * logsumexp / partial_state stream the input once (``row_stats`` / ``col_stats``);
   few long slices are split into chunks whose states the last block merges.
 * merge_states / state_logsumexp: ``merge_states`` over stacked states.
@@ -36,7 +37,8 @@ from . import _kernels as K
 #       auto);
 #   "three_pass": True forces state-then-normalise;
 #   "col_R": rows per thread of col_softmax (one of COL_R); "stats_G": chunks per slice;
-#   "col_row_bytes": bytes of a row that a column block's TX threads cover.
+#   "col_row_bytes": bytes of a row that a column block's TX threads cover;
+#   "norm_row_bytes": the same for col_normalize (K.COL_NORM_ROW_BYTES).
 TUNE = {}
 
 
@@ -256,10 +258,10 @@ def _row_stats(x3, b3, rows, n, out_kind, om=None, os=None, ov=None, osign=None)
 # ---------------------------------------------------------------------------------
 # columns (inner > 1)
 
-def _col_layout(x3, itemsize, out3=None):
+def _col_layout(x3, itemsize, out3=None, row_bytes=None):
     """(vec, txlog): vectors along inner where contiguous and aligned; TX threads
-    cover K.COL_ROW_BYTES of a row (or all of a narrow one): the wide ones where
-    their strips alone give half the SMs one."""
+    cover row_bytes of a row (or all of a narrow one), by default K.COL_ROW_BYTES: the
+    wide ones where their strips alone give half the SMs one."""
     outer, n, inner = x3.shape
     xs0, xs1, xs2 = _estrides(x3)
     v = K.vec_width(itemsize)
@@ -268,13 +270,13 @@ def _col_layout(x3, itemsize, out3=None):
         and (out3 is None or out3.data.ptr % 16 == 0)
     vec = v if vec_ok else 1
     narrow, wide = K.COL_ROW_BYTES
-    row_bytes = TUNE.get("col_row_bytes") or \
+    row_bytes = row_bytes or TUNE.get("col_row_bytes") or \
         (wide if 2 * outer * _cdiv(inner * itemsize, wide) >= K.sm_count() else narrow)
     tx = min(_pow2_at_least(_cdiv(inner, vec)), max(1, row_bytes // (vec * itemsize)))
     return vec, tx.bit_length() - 1
 
 
-def _col_softmax(x3, out3, log, st_m=None, st_s=None):
+def _col_softmax(x3, out3, log):
     outer, n, inner = x3.shape
     dname = _dtype_name(x3.dtype)
     isz = x3.itemsize
@@ -291,31 +293,37 @@ def _col_softmax(x3, out3, log, st_m=None, st_s=None):
     items = groups * G
     name = K.col_softmax_name(DTYPE_KEY[dname], vec, R)
     smem = K.col_softmax_smem(isz, vec, R)
-    if st_m is not None:
-        args = (x3, xs0, xs1, xs2, out3, outer, n, inner, txlog, G, 2, int(log), st_m, st_s, 0)
-        _launch(dname, name, items, K.THREADS, args, smem=smem)
-        return
     if G == 1:
-        args = (x3, xs0, xs1, xs2, out3, outer, n, inner, txlog, 1, 0, int(log), 0, 0, 0)
+        args = (x3, xs0, xs1, xs2, out3, outer, n, inner, txlog, 1, int(log), 0, 0, 0)
         _launch(dname, name, items, K.THREADS, args, smem=smem)
         return
     resident = _resident(dname, name, K.THREADS, smem)
-    if G <= min(resident, K.COL_SPLIT_MAX) and not TUNE.get("three_pass"):
-        # whole slices per round of the persistent grid: no slice waits on a block that
-        # is still busy with an earlier slice
+    if G > min(resident, K.COL_SPLIT_MAX) or TUNE.get("three_pass"):
         acc = _acc_dtype(x3.dtype)
-        W = TX * vec
-        ws_m = cupy.empty(items * W, acc)
-        ws_s = cupy.empty(items * W, acc)
-        args = (x3, xs0, xs1, xs2, out3, outer, n, inner, txlog, G, 1, int(log), ws_m, ws_s,
-                _counters(2 * groups))
-        _launch(dname, name, min(items, resident // G * G), K.THREADS, args, coop=True, smem=smem)
+        m, s = cupy.empty((outer, inner), acc), cupy.empty((outer, inner), acc)
+        _col_stats(x3, None, 0, m, s, None, None)
+        _col_normalize(x3, out3, log, m, s)
         return
+    # whole slices per round of the persistent grid: no slice waits on a block that is
+    # still busy with an earlier slice
     acc = _acc_dtype(x3.dtype)
-    m = cupy.empty((outer, inner), acc)
-    s = cupy.empty((outer, inner), acc)
-    _col_stats(x3, None, 0, m, s, None, None)
-    _col_softmax(x3, out3, log, m, s)
+    W = TX * vec
+    ws_m = cupy.empty(items * W, acc)
+    ws_s = cupy.empty(items * W, acc)
+    args = (x3, xs0, xs1, xs2, out3, outer, n, inner, txlog, G, int(log), ws_m, ws_s,
+            _counters(2 * groups))
+    _launch(dname, name, min(items, resident // G * G), K.THREADS, args, coop=True, smem=smem)
+
+
+def _col_normalize(x3, out3, log, m, s):
+    """softmax / log_softmax of x3 against the states m, s (outer, inner) of its columns."""
+    outer, n, inner = x3.shape
+    dname = _dtype_name(x3.dtype)
+    vec, txlog = _col_layout(x3, x3.itemsize, out3,
+                             TUNE.get("norm_row_bytes", K.COL_NORM_ROW_BYTES))
+    items = outer * _cdiv(inner, vec << txlog) * _cdiv(n, (K.THREADS >> txlog) * K.COL_NORM_R)
+    args = (x3, *_estrides(x3), out3, outer, n, inner, txlog, int(log), m, s)
+    _launch(dname, K.col_normalize_name(DTYPE_KEY[dname], vec), min(items, 1 << 30), K.THREADS, args)
 
 
 def _col_stats(x3, b3, out_kind, om, os, ov, osign):
@@ -461,4 +469,4 @@ def normalize(x3, m, s, out3, log):
     if inner == 1:
         _row_softmax(x3, out3, bool(log), m, s)
     else:
-        _col_softmax(x3, out3, bool(log), m, s)
+        _col_normalize(x3, out3, bool(log), m, s)

@@ -11,8 +11,10 @@
 //              header): read once, write once.  mode 0: the block holds the whole slice; mode 1: G
 //              blocks split it and exchange partial states (row_softmax: a cluster of
 //              XCH blocks, or global memory under a cooperative launch; col_softmax:
-//              global memory); mode 2: the state comes from st_m, st_s (normalise
-//              against a given state).
+//              global memory); mode 2 (row_softmax): the state comes from st_m, st_s
+//              (normalise against a given state).
+//   col_normalize  columns against a given state (after col_stats, for columns too
+//              long for col_softmax, and for the streaming API): elementwise.
 //   *_stats    stream the input once and produce a state (out_kind 0: m, s at
 //              [chunk][slice]) or the logsumexp and sign (out_kind 1).
 //   merge_states  merges k stacked states (k, P) into P states or logsumexps.
@@ -249,126 +251,249 @@ __device__ __forceinline__ void row_stats(
 // The chunk (R rows of VEC columns per thread) is staged in shared memory like a row
 // chunk; mode 1 splits the slice over G blocks that exchange through global memory
 // (cooperative launch).
+// ---------------------------------------------------------------- columns: shared pieces
+// A TX x TY block (tid = ty * TX + tx, TX = 2^txlog) owns a strip: W = TX * VEC
+// consecutive columns of one slice o (coalesced along inner); thread tx holds VEC of
+// them, from column i.  Group grp = o * strips + strip.
+struct ColTile {
+    int tx, ty, TX, TY;
+    i64 W, strips;
+    __device__ __forceinline__ ColTile(int threads, i64 txlog, int vec, i64 inner) {
+        TX = 1 << (int)txlog;
+        TY = threads >> (int)txlog;
+        tx = (int)threadIdx.x & (TX - 1);
+        ty = (int)threadIdx.x >> (int)txlog;
+        W = (i64)TX * vec;
+        strips = (inner + W - 1) / W;
+    }
+};
+
+// Vector r of the chunk <- row j0 + ty + r * TY (r < R) of this thread's VEC columns
+// (from column i, at xo + j * xs1); rows from je on and columns past inner read as -inf.
+template <typename T, int VEC, int THREADS, int R, bool STAGED>
+__device__ __forceinline__ void col_fetch(Chunk<T, VEC, THREADS, R, STAGED>& stage, const T* xo,
+                                          i64 xs1, i64 je, i64 inner, i64 i, i64 j0,
+                                          const ColTile& t) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const i64 j = j0 + t.ty + (i64)r * t.TY;
+        const T* p = xo + j * xs1;
+        if (j < je && i < inner) {
+            stage.fetch(r, p);
+        } else {                                   // past the rows, or past inner (VEC > 1:
+            T e[VEC];                              // inner % VEC == 0, so all VEC are)
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) e[k] = raw_neg_inf<T>();
+            stage.put(r, e);
+        }
+    }
+    stage.wait();
+}
+
+// What normalising a column against its state needs: the shift, and log(s) for
+// log_softmax or 1/s for softmax.
+template <typename A, int VEC> struct ColNorm {
+    A sh[VEC], k[VEC];
+    __device__ __forceinline__ ColNorm(const State<A>* st, i64 log_) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            sh[e] = shift(st[e].m);
+            k[e] = log_ ? log_acc(st[e].s) : softmax_inv(st[e]);
+        }
+    }
+};
+
+// Rows j0 + ty + r * TY (< je) of this thread's columns, normalised (softmax, or
+// log_softmax when log_), into outo + j * inner + column.
+template <typename T, int VEC, int THREADS, int R, bool STAGED, typename A>
+__device__ __forceinline__ void col_write(const Chunk<T, VEC, THREADS, R, STAGED>& stage,
+                                          const ColNorm<A, VEC>& nm, i64 log_, T* outo, i64 je,
+                                          i64 inner, i64 i, i64 j0, const ColTile& t) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const i64 j = j0 + t.ty + (i64)r * t.TY;
+        A ov[VEC];
+        stage.get(r, ov);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e)
+            ov[e] = log_ ? (ov[e] - nm.sh[e]) - nm.k[e] : mul_nf(OutExp<T>::f(ov[e] - nm.sh[e]), nm.k[e]);
+        T* p = outo + j * inner + i;
+        if (VEC > 1 && j < je && i < inner) {
+            store_vec<T, VEC>(p, ov);
+        } else {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e)
+                if (j < je && i + e < inner) p[e] = Conv<T>::from(ov[e]);
+        }
+    }
+}
+
+// The states of this thread's VEC columns over rows [jb, je), streamed (weights b when
+// HAS_B) and reduced over the block: every thread of column tx gets them.
+template <typename T, int VEC, int THREADS, bool HAS_B, typename A>
+__device__ __forceinline__ void col_chunk_states(State<A>* st, const T* xo, i64 xs1, i64 xs2,
+                                                 const T* bo, i64 bs1, i64 bs2, i64 inner, i64 i,
+                                                 i64 jb, i64 je, const ColTile& t, A* rm) {
+    constexpr int U = StatsUnroll<T, VEC, HAS_B>::U;   // rows in flight per thread
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) st[e] = empty_state<A>();
+    for (i64 j = jb + t.ty; j < je; j += (i64)t.TY * U) {
+        RawTile<T, U * VEC> a;                     // [row u][column e], raw
+        A w[HAS_B ? U * VEC : 1];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const i64 jj = j + (i64)u * t.TY;
+            const T* p = xo + jj * xs1;
+            if (VEC > 1 && jj < je && i < inner) {
+                a.load16(u * VEC, p);
+            } else {
+#pragma unroll
+                for (int e = 0; e < VEC; ++e)
+                    a.set(u * VEC + e, (jj < je && i + e < inner) ? ldg(p + e * xs2) : raw_neg_inf<T>());
+            }
+            if constexpr (HAS_B) {
+#pragma unroll
+                for (int e = 0; e < VEC; ++e)
+                    w[u * VEC + e] = (jj < je && i + e < inner) ? load_acc(bo + jj * bs1 + e * bs2) : A(0);
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) fold_tile<A, U, HAS_B, VEC>(st[e], a, e, w + (HAS_B ? e : 0));
+    }
+    column_allreduce_state<THREADS, VEC>(st, rm, t.TX);
+}
+
+// Chunk c of the G chunks of a group publishes its column states (columns q0 + e of a
+// (G, P) workspace, e < ncols) and counts itself in at *cnt.  True in the block that
+// arrives last (which sets the counter back to zero): its st then hold the merge of
+// all G chunks.
+template <int THREADS, int VEC, typename A>
+__device__ __forceinline__ bool col_merge_chunks(State<A>* st, A* wm, A* ws, i64 c, i64 G, i64 P,
+                                                 i64 q0, i64 ncols, unsigned* cnt, int* flag,
+                                                 A* rm, const ColTile& t) {
+    if (t.ty == 0) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            if (e < ncols) {
+                wm[c * P + q0 + e] = st[e].m;
+                ws[c * P + q0 + e] = st[e].s;
+            }
+        }
+    }
+    if (!group_arrive_last(cnt, G, flag)) return false;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) st[e] = empty_state<A>();
+    for (i64 k = t.ty; k < G; k += t.TY) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e)
+            if (e < ncols) st[e] = merge(st[e], load_published(wm, ws, k * P + q0 + e));
+    }
+    column_allreduce_state<THREADS, VEC>(st, rm, t.TX);
+    return true;
+}
+
+// ---------------------------------------------------------------- columns: softmax in one pass
+// Slices of n that G blocks hold on chip together: each block stages TY * R rows of its
+// strip; G > 1 blocks (a cooperative launch) exchange their states through global
+// memory (mode 1).  Longer slices: col_stats, then col_normalize.
 template <typename T, int VEC, int THREADS, int R>
 __device__ __forceinline__ void col_softmax(
     const T* __restrict__ x, i64 xs0, i64 xs1, i64 xs2, T* __restrict__ out,
-    i64 outer, i64 n, i64 inner, i64 txlog, i64 G, i64 mode, i64 log_,
+    i64 outer, i64 n, i64 inner, i64 txlog, i64 G, i64 log_,
     typename AccOf<T>::type* st_m, typename AccOf<T>::type* st_s, unsigned* counters)
 {
     typedef typename AccOf<T>::type A;
     __shared__ A rm[VEC * THREADS];
     Chunk<T, VEC, THREADS, R, true> stage;         // vector r: row r of the thread's columns
-
-    const int tid = threadIdx.x;
-    const int TX = 1 << (int)txlog;
-    const int TY = THREADS >> (int)txlog;
-    const int tx = tid & (TX - 1), ty = tid >> (int)txlog;
-    const i64 W = (i64)TX * VEC;
-    const i64 strips = (inner + W - 1) / W;
-    const i64 groups = outer * strips;
-    const i64 H = (i64)TY * R;
+    const ColTile t(THREADS, txlog, VEC, inner);
+    const i64 groups = outer * t.strips;
+    const i64 H = (i64)t.TY * R;
     const i64 items = groups * G;
 
     for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
         const i64 grp = item / G, c = item - grp * G;
-        const i64 o = grp / strips, strip = grp - o * strips;
-        const i64 i = strip * W + (i64)tx * VEC;
+        const i64 o = grp / t.strips;
+        const i64 i = (grp - o * t.strips) * t.W + (i64)t.tx * VEC;
         const T* xo = x + o * xs0 + i * xs2;
-
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            const i64 j = c * H + ty + (i64)r * TY;
-            const T* p = xo + j * xs1;
-            if (j < n && i < inner) {              // VEC > 1: inner % VEC == 0 on this path
-                stage.fetch(r, p);
-            } else {
-                T e[VEC];
-#pragma unroll
-                for (int k = 0; k < VEC; ++k)
-                    e[k] = (j < n && i + k < inner) ? ldg(p + k * xs2) : raw_neg_inf<T>();
-                stage.put(r, e);
-            }
-        }
-        stage.wait();
+        col_fetch(stage, xo, xs1, n, inner, i, c * H, t);
 
         State<A> st[VEC];
-        if (mode == 2) {
+        A v[VEC], sh[VEC];
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-                const bool ok = i + e < inner;
-                st[e].m = ok ? st_m[o * inner + i + e] : A(0);
-                st[e].s = ok ? st_s[o * inner + i + e] : A(1);
-            }
-        } else {
-            A v[VEC], sh[VEC];
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) v[e] = neg_inf<A>();
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-                A a[VEC];
-                stage.get(r, a);
-#pragma unroll
-                for (int e = 0; e < VEC; ++e) v[e] = max_nf(v[e], a[e]);
-            }
-            column_allreduce<THREADS, VEC, MaxOp>(v, rm, TX);
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) { st[e].m = v[e]; sh[e] = shift(v[e]); v[e] = A(0); }
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-                A a[VEC];
-                stage.get(r, a);
-#pragma unroll
-                for (int e = 0; e < VEC; ++e) v[e] = add_nf(v[e], OutExp<T>::f(a[e] - sh[e]));
-            }
-            column_allreduce<THREADS, VEC, SumOp>(v, rm, TX);
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) st[e].s = v[e];
-            if (mode == 1) {                       // item == grp * G + c
-                if (ty == 0) {
-#pragma unroll
-                    for (int e = 0; e < VEC; ++e) {
-                        st_m[item * W + tx * VEC + e] = st[e].m;
-                        st_s[item * W + tx * VEC + e] = st[e].s;
-                    }
-                }
-                group_arrive_and_wait(counters + 2 * grp, G);
-#pragma unroll
-                for (int e = 0; e < VEC; ++e) st[e] = empty_state<A>();
-                for (i64 q = ty; q < G; q += TY) {
-#pragma unroll
-                    for (int e = 0; e < VEC; ++e) {
-                        st[e] = merge(st[e], load_published(st_m, st_s, (grp * G + q) * W + tx * VEC + e));
-                    }
-                }
-                column_allreduce_state<THREADS, VEC>(st, rm, TX);
-                group_depart(counters + 2 * grp, G);
-            }
-        }
-
-        A sh[VEC], ls[VEC], inv[VEC];
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-            sh[e] = shift(st[e].m);
-            ls[e] = log_ ? log_acc(st[e].s) : A(0);
-            inv[e] = log_ ? A(0) : softmax_inv(st[e]);
-        }
+        for (int e = 0; e < VEC; ++e) v[e] = neg_inf<A>();
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-            const i64 j = c * H + ty + (i64)r * TY;
-            A ov[VEC];
-            stage.get(r, ov);
+            A a[VEC];
+            stage.get(r, a);
 #pragma unroll
-            for (int e = 0; e < VEC; ++e)
-                ov[e] = log_ ? (ov[e] - sh[e]) - ls[e] : mul_nf(OutExp<T>::f(ov[e] - sh[e]), inv[e]);
-            T* p = out + (o * n + j) * inner + i;
-            if (VEC > 1 && j < n && i < inner) {
-                store_vec<T, VEC>(p, ov);
-            } else {
+            for (int e = 0; e < VEC; ++e) v[e] = max_nf(v[e], a[e]);
+        }
+        column_allreduce<THREADS, VEC, MaxOp>(v, rm, t.TX);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) { st[e].m = v[e]; sh[e] = shift(v[e]); v[e] = A(0); }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            A a[VEC];
+            stage.get(r, a);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) v[e] = add_nf(v[e], OutExp<T>::f(a[e] - sh[e]));
+        }
+        column_allreduce<THREADS, VEC, SumOp>(v, rm, t.TX);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) st[e].s = v[e];
+        if (G > 1) {                               // item == grp * G + c
+            if (t.ty == 0) {
+#pragma unroll
+                for (int e = 0; e < VEC; ++e) {
+                    st_m[item * t.W + t.tx * VEC + e] = st[e].m;
+                    st_s[item * t.W + t.tx * VEC + e] = st[e].s;
+                }
+            }
+            group_arrive_and_wait(counters + 2 * grp, G);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) st[e] = empty_state<A>();
+            for (i64 q = t.ty; q < G; q += t.TY) {
 #pragma unroll
                 for (int e = 0; e < VEC; ++e)
-                    if (j < n && i + e < inner) p[e] = Conv<T>::from(ov[e]);
+                    st[e] = merge(st[e], load_published(st_m, st_s, (grp * G + q) * t.W + t.tx * VEC + e));
             }
+            column_allreduce_state<THREADS, VEC>(st, rm, t.TX);
+            group_depart(counters + 2 * grp, G);
         }
+        col_write(stage, ColNorm<A, VEC>(st, log_), log_, out + o * n * inner, n, inner, i, c * H, t);
+    }
+}
+
+// ---------------------------------------------------------------- columns: normalise
+// Against given states (the last pass of the state-then-normalise route, and the
+// streaming API): elementwise, R vectors a thread in registers, items of TY * R rows
+// of a strip; few registers, so that many blocks keep the memory busy.
+template <typename T, int VEC, int THREADS, int R>
+__device__ __forceinline__ void col_normalize(
+    const T* __restrict__ x, i64 xs0, i64 xs1, i64 xs2, T* __restrict__ out,
+    i64 outer, i64 n, i64 inner, i64 txlog, i64 log_,
+    const typename AccOf<T>::type* st_m, const typename AccOf<T>::type* st_s)
+{
+    typedef typename AccOf<T>::type A;
+    Chunk<T, VEC, THREADS, R, false> stage;
+    const ColTile t(THREADS, txlog, VEC, inner);
+    const i64 H = (i64)t.TY * R;
+    const i64 G = (n + H - 1) / H;
+    const i64 items = outer * t.strips * G;
+
+    for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
+        const i64 grp = item / G, c = item - grp * G;
+        const i64 o = grp / t.strips;
+        const i64 i = (grp - o * t.strips) * t.W + (i64)t.tx * VEC;
+        col_fetch(stage, x + o * xs0 + i * xs2, xs1, n, inner, i, c * H, t);
+        State<A> st[VEC];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const bool ok = i + e < inner;
+            st[e].m = ok ? st_m[o * inner + i + e] : A(0);
+            st[e].s = ok ? st_s[o * inner + i + e] : A(1);
+        }
+        col_write(stage, ColNorm<A, VEC>(st, log_), log_, out + o * n * inner, n, inner, i, c * H, t);
     }
 }
 
@@ -384,91 +509,29 @@ __device__ __forceinline__ void col_stats(
     typename AccOf<T>::type* wm, typename AccOf<T>::type* ws, unsigned* cnt)
 {
     typedef typename AccOf<T>::type A;
-    constexpr int U = StatsUnroll<T, VEC, HAS_B>::U;   // rows in flight per thread
     __shared__ A rm[VEC * THREADS];
     __shared__ int last_flag;
-
-    const int tid = threadIdx.x;
-    const int TX = 1 << (int)txlog;
-    const int TY = THREADS >> (int)txlog;
-    const int tx = tid & (TX - 1), ty = tid >> (int)txlog;
-    const i64 W = (i64)TX * VEC;
-    const i64 strips = (inner + W - 1) / W;
-    const i64 groups = outer * strips;
+    const ColTile t(THREADS, txlog, VEC, inner);
+    const i64 groups = outer * t.strips;
     const i64 items = groups * G;
     const i64 P = outer * inner;
 
     for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
         const i64 grp = item / G, c = item - grp * G;
-        const i64 o = grp / strips, strip = grp - o * strips;
-        const i64 i = strip * W + (i64)tx * VEC;
+        const i64 o = grp / t.strips;
+        const i64 i = (grp - o * t.strips) * t.W + (i64)t.tx * VEC;
         const T* xo = x + o * xs0 + i * xs2;
         const T* bo = HAS_B ? b + o * bs0 + i * bs2 : b;
-        const i64 jb = c * CH;
-        const i64 je = n < jb + CH ? n : jb + CH;
+        const i64 jb = c * CH, je = n < jb + CH ? n : jb + CH;
 
         State<A> st[VEC];
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) st[e] = empty_state<A>();
-        for (i64 j = jb + ty; j < je; j += (i64)TY * U) {
-            RawTile<T, U * VEC> a;                 // [row u][column e], raw
-            A w[HAS_B ? U * VEC : 1];
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const i64 jj = j + (i64)u * TY;
-                const T* p = xo + jj * xs1;
-                if (VEC > 1 && jj < je && i < inner) {
-                    a.load16(u * VEC, p);
-                } else {
-#pragma unroll
-                    for (int e = 0; e < VEC; ++e)
-                        a.set(u * VEC + e, (jj < je && i + e < inner) ? ldg(p + e * xs2) : raw_neg_inf<T>());
-                }
-                if constexpr (HAS_B) {
-#pragma unroll
-                    for (int e = 0; e < VEC; ++e)
-                        w[u * VEC + e] = (jj < je && i + e < inner) ? load_acc(bo + jj * bs1 + e * bs2) : A(0);
-                }
-            }
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) fold_tile<A, U, HAS_B, VEC>(st[e], a, e, w + (HAS_B ? e : 0));
-        }
-        column_allreduce_state<THREADS, VEC>(st, rm, TX);
-
-        if (G == 1) {
-            if (ty == 0) {
+        col_chunk_states<T, VEC, THREADS, HAS_B>(st, xo, xs1, xs2, bo, bs1, bs2, inner, i, jb, je, t, rm);
+        if (G == 1 || col_merge_chunks<THREADS, VEC>(st, wm, ws, c, G, P, o * inner + i, inner - i,
+                                                     cnt + grp, &last_flag, rm, t)) {
+            if (t.ty == 0) {
 #pragma unroll
                 for (int e = 0; e < VEC; ++e)
-                    if (i + e < inner)
-                        write_state<T, A>(st[e], o * inner + i + e, out_kind, om, os, ov, osign);
-            }
-            continue;
-        }
-        if (ty == 0) {
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-                if (i + e < inner) {
-                    wm[c * P + o * inner + i + e] = st[e].m;
-                    ws[c * P + o * inner + i + e] = st[e].s;
-                }
-            }
-        }
-        if (group_arrive_last(cnt + grp, G, &last_flag)) {
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) st[e] = empty_state<A>();
-            for (i64 q = ty; q < G; q += TY) {
-#pragma unroll
-                for (int e = 0; e < VEC; ++e) {
-                    if (i + e < inner)
-                        st[e] = merge(st[e], load_published(wm, ws, q * P + o * inner + i + e));
-                }
-            }
-            column_allreduce_state<THREADS, VEC>(st, rm, TX);
-            if (ty == 0) {
-#pragma unroll
-                for (int e = 0; e < VEC; ++e)
-                    if (i + e < inner)
-                        write_state<T, A>(st[e], o * inner + i + e, out_kind, om, os, ov, osign);
+                    if (i + e < inner) write_state<T, A>(st[e], o * inner + i + e, out_kind, om, os, ov, osign);
             }
         }
     }
@@ -541,10 +604,19 @@ __device__ __forceinline__ void merge_states(
 #define CS_COL_SOFTMAX(NAME, T, VEC, THREADS, R, MINB)                                      \
     extern "C" __global__ void __launch_bounds__(THREADS, MINB) NAME(                       \
         const T* x, cs::i64 xs0, cs::i64 xs1, cs::i64 xs2, T* out, cs::i64 outer,           \
-        cs::i64 n, cs::i64 inner, cs::i64 txlog, cs::i64 G, cs::i64 mode, cs::i64 log_,     \
-        CS_ACC(T)* sm, CS_ACC(T)* ss, unsigned* cnt) {                                      \
+        cs::i64 n, cs::i64 inner, cs::i64 txlog, cs::i64 G, cs::i64 log_, CS_ACC(T)* sm,    \
+        CS_ACC(T)* ss, unsigned* cnt) {                                                     \
         cs::col_softmax<T, VEC, THREADS, R>(x, xs0, xs1, xs2, out, outer, n, inner, txlog,  \
-                                            G, mode, log_, sm, ss, cnt);                    \
+                                            G, log_, sm, ss, cnt);                          \
+    }
+
+#define CS_COL_NORMALIZE(NAME, T, VEC, THREADS, R, MINB)                                    \
+    extern "C" __global__ void __launch_bounds__(THREADS, MINB) NAME(                       \
+        const T* x, cs::i64 xs0, cs::i64 xs1, cs::i64 xs2, T* out, cs::i64 outer,           \
+        cs::i64 n, cs::i64 inner, cs::i64 txlog, cs::i64 log_, const CS_ACC(T)* sm,         \
+        const CS_ACC(T)* ss) {                                                              \
+        cs::col_normalize<T, VEC, THREADS, R>(x, xs0, xs1, xs2, out, outer, n, inner,       \
+                                              txlog, log_, sm, ss);                         \
     }
 
 #define CS_COL_STATS(NAME, T, VEC, THREADS, HAS_B, MINB)                                    \

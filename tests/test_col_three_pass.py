@@ -1,0 +1,73 @@
+"""The three-pass route of column softmax (col_stats, then col_normalize), forced.
+
+The dispatcher takes it only when n is too long for the blocks of one slice to hold
+the slice together (tens of thousands of rows); here ``_cupy_backend.TUNE`` forces it
+on small problems, with every width of row a col_normalize block can cover (so that
+blocks straddle the end of a row, or cover several rows' worth of a narrow one).  Each
+case runs twice: the counters the stats leave behind must be zero again.  Also checked:
+normalising columns against a given state (the streaming API), col_normalize alone.
+"""
+
+import numpy as np
+import pytest
+
+import cupy_softmax as cs
+from _helpers import CUPY, CUPY_SKIP_REASON, assert_close, dtype_of, ref_softmax
+
+pytestmark = pytest.mark.skipif(CUPY is None, reason=str(CUPY_SKIP_REASON))
+
+# (shape, axis, view): view slices the device array (misaligned / strided columns)
+SHAPES = [
+    ((301, 64), 0, None),           # one slice, vectors
+    ((257, 1000), 0, None),         # many groups
+    ((3, 190, 40), 1, None),        # several slices
+    ((301, 33), 0, None),           # odd inner: scalar columns
+    ((200, 66), 0, (slice(None), slice(1, 65))),          # misaligned columns
+    ((120, 2, 48), 0, (slice(None), 0, slice(None))),     # strided rows
+]
+# bytes of a row that a col_normalize block covers
+ROW_BYTES = [128, 512, 4096]
+
+
+def _input(dtype, shape, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    flat = x.reshape(shape[0], -1)
+    flat[shape[0] // 2, 0] = 40      # a large entry
+    if flat.shape[1] > 2:
+        flat[:, 2] = -np.inf         # a column of -inf in the first slice
+    return x
+
+
+@pytest.mark.parametrize("row_bytes", ROW_BYTES)
+@pytest.mark.parametrize("shape, axis, view", SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype_name", ["float32", "float16", "bfloat16", "float64"])
+def test_col_three_pass(dtype_name, shape, axis, view, row_bytes, monkeypatch):
+    from cupy_softmax import _cupy_backend
+    dtype = dtype_of(dtype_name)
+    x_np = _input(dtype, shape, sum(shape))
+    x = CUPY.asarray(x_np)
+    if view is not None:
+        x_np, x = x_np[view], x[view]
+    monkeypatch.setitem(_cupy_backend.TUNE, "three_pass", True)
+    monkeypatch.setitem(_cupy_backend.TUNE, "norm_row_bytes", row_bytes)
+    with np.errstate(invalid="ignore"):
+        ref_p = ref_softmax(x_np, axis, False)
+        ref_l = ref_softmax(x_np, axis, True)
+    for _ in range(2):
+        assert_close(cs.softmax(x, axis=axis), ref_p, dtype, "prob", what=f"softmax {row_bytes}")
+        assert_close(cs.log_softmax(x, axis=axis), ref_l, dtype, "log", what=f"log_softmax {row_bytes}")
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "float16"])
+def test_col_normalize_given_state(dtype_name):
+    dtype = dtype_of(dtype_name)
+    x_np = _input(dtype, (3, 77, 130), 5)
+    x = CUPY.asarray(x_np)
+    state = cs.partial_state(x, axis=1)
+    with np.errstate(invalid="ignore"):
+        ref_p = ref_softmax(x_np, 1, False)
+        ref_l = ref_softmax(x_np, 1, True)
+    assert_close(cs.softmax_from_state(x, state, axis=1), ref_p, dtype, "prob", what="from state")
+    assert_close(cs.log_softmax_from_state(x, state, axis=1), ref_l, dtype, "log",
+                 what="log from state")
