@@ -73,6 +73,20 @@ def _prefill_case(S, D, causal):
     return run
 
 
+def _tuned(make, **tune):
+    """A case run under _attention.TUNE overrides (e.g. splits=1: no split, no merge)."""
+    from cupy_softmax import _attention
+    inner = make()
+
+    def run():
+        _attention.TUNE.update(tune)
+        try:
+            inner()
+        finally:
+            _attention.TUNE.clear()
+    return run
+
+
 CASES = {
     "decode_mha_1x8192": lambda: _decode_case(1, 8192, 32),
     "decode_gqa_1x8192": lambda: _decode_case(1, 8192, 8),
@@ -80,6 +94,8 @@ CASES = {
     "decode_mha_1x8192_nokeys": lambda: _decode_case(1, 8192, 32, valid=0),
     "decode_gqa_1x8192_nokeys": lambda: _decode_case(1, 8192, 8, valid=0),
     "decode_mha_1x8192_onetile": lambda: _decode_case(1, 8192, 32, valid=128),
+    "decode_mha_1x8192_nokeys_nosplit": lambda: _tuned(lambda: _decode_case(1, 8192, 32, valid=0), splits=1),
+    "decode_mha_1x8192_nosplit": lambda: _tuned(lambda: _decode_case(1, 8192, 32), splits=1),
     "softmax_f32_65536x128": lambda: _softmax_case("softmax", (65536, 128), "float32", -1),
     "softmax_f32_4096x4096": lambda: _softmax_case("softmax", (4096, 4096), "float32", -1),
     "softmax_f32_8192x32000": lambda: _softmax_case("softmax", (8192, 32000), "float32", -1),

@@ -201,15 +201,14 @@ __device__ __noinline__ void finish_splits(void* o_, void* lse_, const void* o_p
     // Not inlined (and given scalars, not the parameter struct): the merge's registers do
     // not weigh on the main loop's allocation.
     __shared__ int s_last;
-    // bar.sync orders every thread's partial writes before thread 0's gpu-scope fence
-    // (cumulativity), which orders them before the count (as CUTLASS's semaphore does).
+    // bar.sync orders every thread's partial writes before thread 0's release (which is
+    // cumulative, as in CUTLASS's semaphore); its acquire orders the other splits'
+    // writes before the last block's reads (thread 0's, then the block's after bar.sync).
     __syncthreads();
     if (threadIdx.x == 0) {
-        __threadfence();
         unsigned* c = counters + ((i64)b * hkv + hk) * gridDim.x + blockIdx.x;
-        const unsigned prev = atomicAdd(c, 1u);
-        s_last = (prev == (unsigned)(n_splits - 1));
-        if (s_last) { *c = 0u; __threadfence(); }
+        s_last = (cs::arrive_acq_rel(c) == (unsigned)(n_splits - 1));
+        if (s_last) *c = 0u;                       // every split has counted itself in
     }
     __syncthreads();
     if (!s_last) return;
