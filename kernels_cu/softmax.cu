@@ -255,16 +255,27 @@ __device__ __forceinline__ void row_stats(
 // A TX x TY block (tid = ty * TX + tx, TX = 2^txlog) owns a strip: W = TX * VEC
 // consecutive columns of one slice o (coalesced along inner); thread tx holds VEC of
 // them, from column i.  Group grp = o * strips + strip.
+// Work item `item` of a launch with G items per group: group grp, its chunk c, slice o,
+// and i, the first of this thread's columns.
+struct ColItem { i64 grp, c, o, i; };
 struct ColTile {
-    int tx, ty, TX, TY;
+    int tx, ty, TX, TY, vec;
     i64 W, strips;
-    __device__ __forceinline__ ColTile(int threads, i64 txlog, int vec, i64 inner) {
+    __device__ __forceinline__ ColTile(int threads, i64 txlog, int vec_, i64 inner) : vec(vec_) {
         TX = 1 << (int)txlog;
         TY = threads >> (int)txlog;
         tx = (int)threadIdx.x & (TX - 1);
         ty = (int)threadIdx.x >> (int)txlog;
         W = (i64)TX * vec;
         strips = (inner + W - 1) / W;
+    }
+    __device__ __forceinline__ ColItem at(i64 item, i64 G) const {
+        ColItem w;
+        w.grp = item / G;
+        w.c = item - w.grp * G;
+        w.o = w.grp / strips;
+        w.i = (w.grp - w.o * strips) * W + (i64)tx * vec;
+        return w;
     }
 };
 
@@ -411,11 +422,8 @@ __device__ __forceinline__ void col_softmax(
     const i64 items = groups * G;
 
     for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
-        const i64 grp = item / G, c = item - grp * G;
-        const i64 o = grp / t.strips;
-        const i64 i = (grp - o * t.strips) * t.W + (i64)t.tx * VEC;
-        const T* xo = x + o * xs0 + i * xs2;
-        col_fetch(stage, xo, xs1, n, inner, i, c * H, t);
+        const auto [grp, c, o, i] = t.at(item, G);
+        col_fetch(stage, x + o * xs0 + i * xs2, xs1, n, inner, i, c * H, t);
 
         State<A> st[VEC];
         A v[VEC], sh[VEC];
@@ -482,9 +490,7 @@ __device__ __forceinline__ void col_normalize(
     const i64 items = outer * t.strips * G;
 
     for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
-        const i64 grp = item / G, c = item - grp * G;
-        const i64 o = grp / t.strips;
-        const i64 i = (grp - o * t.strips) * t.W + (i64)t.tx * VEC;
+        const auto [grp, c, o, i] = t.at(item, G);
         col_fetch(stage, x + o * xs0 + i * xs2, xs1, n, inner, i, c * H, t);
         State<A> st[VEC];
 #pragma unroll
@@ -517,9 +523,7 @@ __device__ __forceinline__ void col_stats(
     const i64 P = outer * inner;
 
     for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
-        const i64 grp = item / G, c = item - grp * G;
-        const i64 o = grp / t.strips;
-        const i64 i = (grp - o * t.strips) * t.W + (i64)t.tx * VEC;
+        const auto [grp, c, o, i] = t.at(item, G);
         const T* xo = x + o * xs0 + i * xs2;
         const T* bo = HAS_B ? b + o * bs0 + i * bs2 : b;
         const i64 jb = c * CH, je = n < jb + CH ? n : jb + CH;
