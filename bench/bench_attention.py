@@ -15,7 +15,7 @@ Prefill: TFLOP/s = 4 * B * H * Lq * Lk * D / time, halved for causal.
 Decode: GB/s = bytes of K and V read once / time.
 
     python bench/bench_attention.py --out bench/results [--quick] [--sections prefill decode merge]
-                                    [--sweep]
+                                    [--sweep] [--sweep-kinds prefill decode]
 
 Writes attention.md (the tables), attention.json (all numbers) and attention.png (a plot,
 if matplotlib is there) under --out, and prints the tables.
@@ -338,7 +338,7 @@ def bench_sweep(args, gpu):
     from cupy_softmax import _attention as A
     from cupy_softmax._attention import attention
     rows = []
-    for D, variants in A.CANDIDATES["prefill"].items():
+    for D, variants in (A.CANDIDATES["prefill"].items() if "prefill" in args.sweep_kinds else ()):
         for S, causal in ((1024, False), (1024, True), (4096, False), (4096, True)):
             B, H = 32768 // S, 16
             g = torch.Generator(device="cuda").manual_seed(7)
@@ -360,15 +360,19 @@ def bench_sweep(args, gpu):
                 print(f"| prefill D={D} S={S} causal={causal} | {tuple(cfg)} | {_f(res)} TFLOP/s | {err} |", flush=True)
             A.TUNE.pop("prefill", None)
             del q, k, v, cq, ck, cv, ref
-    for hkv, B, L in [(32, 1, 8192), (8, 1, 8192), (32, 1, 131072), (8, 16, 8192), (32, 16, 32768)]:
+    decode_shapes = [(32, 1, 8192), (8, 1, 8192), (32, 1, 131072), (8, 16, 8192), (32, 16, 32768)]
+    for hkv, B, L in (decode_shapes if "decode" in args.sweep_kinds else ()):
         g = torch.Generator(device="cuda").manual_seed(8)
         q = torch.randn(B, 32, 1, 128, device="cuda", dtype=torch.float16, generator=g)
         k, v = (torch.randn(B, hkv, L, 128, device="cuda", dtype=torch.float16, generator=g) for _ in range(2))
         cq, ck, cv = (cupy_view(t, "float16") for t in (q, k, v))
         ref = torch_sdpa("FLASH_ATTENTION", q, k, v, False, hkv != 32)()
         nbytes = 2 * B * hkv * L * 128 * 2
-        for cfg in A.CANDIDATES["decode"][128]:
+        # each candidate as dispatched, then the table's config with every split merged
+        # through global memory (the on-chip finish off)
+        for cfg, on_chip in [(c, True) for c in A.CANDIDATES["decode"][128]] + [(A.DECODE[128], False)]:
             A.TUNE["decode"] = {**A.DECODE, 128: cfg}
+            A.TUNE["on_chip"] = on_chip
             try:
                 t, mark = timed("cupy", lambda: attention(cq, ck, cv), args.reps, graph=True)
                 res = nbytes / t / 1e9
@@ -376,10 +380,12 @@ def bench_sweep(args, gpu):
             except Exception as exc:
                 res = err = None
                 print(f"  {cfg} failed: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
-            rows.append({"kind": "decode", "B": B, "L": L, "Hkv": hkv, "cfg": list(cfg), "value": res,
-                         "rel_err": err})
-            print(f"| decode B={B} L={L} Hkv={hkv} | {tuple(cfg)} | {_f(res)} GB/s | {err} |", flush=True)
+            rows.append({"kind": "decode", "B": B, "L": L, "Hkv": hkv, "cfg": list(cfg), "on_chip": on_chip,
+                         "value": res, "rel_err": err})
+            print(f"| decode B={B} L={L} Hkv={hkv} | {tuple(cfg)}{'' if on_chip else ' global finish'} | "
+                  f"{_f(res)} GB/s | {err} |", flush=True)
         A.TUNE.pop("decode", None)
+        A.TUNE.pop("on_chip", None)
     return rows
 
 
@@ -428,6 +434,8 @@ def main(argv=None):
     ap.add_argument("--sections", nargs="+", default=["prefill", "decode", "merge"],
                     choices=["prefill", "decode", "merge", "sweep"])
     ap.add_argument("--sweep", action="store_true", help="also time kernel-shape variants")
+    ap.add_argument("--sweep-kinds", nargs="+", default=["prefill", "decode"], choices=["prefill", "decode"],
+                    help="which variants the sweep times")
     ap.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"])
     ap.add_argument("--reps", type=int, default=None)
     args = ap.parse_args(argv)
@@ -439,10 +447,13 @@ def main(argv=None):
     import torch
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.runtime.getDevice())
     gpu = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    from bench_gpu import copy_bandwidth
+    copy = copy_bandwidth()
     header = (f"GPU {gpu} ({props['multiProcessorCount']} SMs), torch {torch.__version__}, "
-              f"CuPy {cupy.__version__}; CUDA events, median of {args.reps}")
+              f"CuPy {cupy.__version__}; device-to-device copy {copy:.0f} GB/s (read + write, 2 GiB) "
+              f"in the same run; CUDA events, median of {args.reps}")
     print(header, flush=True)
-    results = {"gpu": gpu, "header": header}
+    results = {"gpu": gpu, "header": header, "copy_GBps": copy}
     md = [f"# Attention benchmark\n\n{header}.\n"]
     t0 = time.time()
     if "prefill" in sections:

@@ -88,6 +88,15 @@ DECODE = {
 # two blocks an SM, no split (hides each block's start and end behind the other's).
 DECODE_WIDE = {128: TCConfig(128, 1, 1, 4, 16, 3, 2)}
 DECODE_MAX_Q = 16
+# Split counts whose splits merge on chip (sm_90): the splits of a row block are one
+# thread-block cluster and merge through distributed shared memory (portable sizes), which
+# saves 1.2-2.7 us of the global finish (H200, bench/ATTENTION_NOTES.md, session 5).  When
+# the split count that fills the GPU has no clusters that fit, a smaller on-chip count is
+# taken if its splits stay within ON_CHIP_MAX_TILES key tiles, where the fixed cost
+# dominates (GQA (1, 8192): 8 splits on chip 16.9 us against 16 through global memory
+# 19.4 us; MHA (1, 8192), 32 tiles a split: 2 on chip 40.3 us against 4 global 39.3 us).
+ON_CHIP_SPLITS = (2, 4, 8)
+ON_CHIP_MAX_TILES = 16
 
 # Alternatives timed by the benchmark's sweep (bench/bench_attention.py --sweep) and
 # checked by the GPU tests (tests/test_attention.py::test_kernel_variants).
@@ -108,7 +117,8 @@ CANDIDATES = {
 SIMT_DP = (64, 128, 256)
 SIMT_BK = 16
 
-# Overrides for benchmarks and tests ("prefill" / "decode": {D: TCConfig}, "splits": int).
+# Overrides for benchmarks and tests ("prefill" / "decode": {D: TCConfig}, "splits": int,
+# "on_chip": False to merge every split through global memory).
 TUNE = {}
 
 _CTYPES = {"float16": ("f16", "cs::half_t"), "bfloat16": ("bf16", "cs::bf16_t"),
@@ -119,18 +129,22 @@ def _tile_d(d):
     return 64 if d <= 64 else 128 if d <= 128 else 256
 
 
-def tc_kernel_name(dtype_name, cfg, split=True):
+def tc_kernel_name(dtype_name, cfg, split=1):
     key = _CTYPES[dtype_name][0]
     kind = "dec" if cfg.WN > 1 else "fwd"
+    tail = {0: "", 1: "_x"}.get(int(split), f"_c{split}")
     return (f"attn_{kind}_{key}_d{cfg.D}_m{cfg.MI}_w{cfg.WM}x{cfg.WN}_n{cfg.BNW}"
-            f"_s{cfg.STAGES}_b{cfg.MINB}{'_x' if split else ''}")
+            f"_s{cfg.STAGES}_b{cfg.MINB}{tail}")
 
 
-def tc_kernel_line(dtype_name, cfg, split=True):
-    """split: the instance that may split the keys over blocks (and merges the parts)."""
+def tc_kernel_line(dtype_name, cfg, split=1):
+    """split: 0 the instance without split code, 1 the one that may split the keys over
+    blocks (merging the parts through global memory), n >= 2 exactly n splits merged on
+    chip as one cluster."""
     c = cfg
+    cluster = f"CS_ATTN_CLUSTER({split})" if split >= 2 else ""
     return (f"CS_ATTN_FWD({tc_kernel_name(dtype_name, cfg, split)}, {_CTYPES[dtype_name][1]}, "
-            f"{c.D}, {c.MI}, {c.WM}, {c.WN}, {c.BNW}, {c.STAGES}, {c.MINB}, {int(split)})")
+            f"{c.D}, {c.MI}, {c.WM}, {c.WN}, {c.BNW}, {c.STAGES}, {c.MINB}, {int(split)}, {cluster})")
 
 
 def simt_smem(dtype_name, dp, bk=SIMT_BK):
@@ -167,12 +181,13 @@ def kernel_instances():
     out = []
     for dt in ("float16", "bfloat16"):
         for cfg in list(PREFILL.values()) + [PREFILL_64_SHORT_CAUSAL]:
-            for split in (False, True):
+            for split in (0, 1):
                 out.append((tc_kernel_name(dt, cfg, split), tc_kernel_line(dt, cfg, split)))
         for cfg in list(DECODE.values()) + list(DECODE_WIDE.values()):
             for mi in ((1, 2) if cfg.D <= 128 else (1,)):
                 c = cfg._replace(MI=mi)
-                out.append((tc_kernel_name(dt, c), tc_kernel_line(dt, c)))
+                splits = (1,) + (ON_CHIP_SPLITS if cfg in DECODE.values() else ())
+                out.extend((tc_kernel_name(dt, c, n), tc_kernel_line(dt, c, n)) for n in splits)
     for dt in ("float32", "float64"):
         for dp in SIMT_DP:
             out.append((simt_kernel_name(dt, dp), simt_kernel_line(dt, dp)))
@@ -485,8 +500,8 @@ def _launch_plan(device, name, B, Hkv, G, Lq, Lk, d_run, causal, tune):
         threads, smem, BM, BN = cfg.threads, cfg.smem, cfg.BM, cfg.BN
         # occupancy from the split-capable instance; the plain one (no split code, fewer
         # registers) runs when the grid needs no split
-        kname = tc_kernel_name(name, cfg, True)
-        fn = _get_kernel(kname, tc_kernel_line(name, cfg, True), smem)
+        kname = tc_kernel_name(name, cfg, 1)
+        fn = _get_kernel(kname, tc_kernel_line(name, cfg, 1), smem)
     else:
         dp = next(x for x in SIMT_DP if x >= d_run)
         kname = simt_kernel_name(name, dp)
@@ -500,8 +515,35 @@ def _launch_plan(device, name, B, Hkv, G, Lq, Lk, d_run, causal, tune):
     capacity = _blocks_per_sm(fn, kname, threads, smem) * _sm_count()
     n_splits, tps = _choose_splits(blocks, n_tiles, capacity)
     if tc and n_splits == 1 and cfg.WN == 1:
-        fn = _get_kernel(tc_kernel_name(name, cfg, False), tc_kernel_line(name, cfg, False), smem)
+        fn = _get_kernel(tc_kernel_name(name, cfg, 0), tc_kernel_line(name, cfg, 0), smem)
+    elif tc and cfg.WN > 1 and n_splits > 1 and TUNE.get("on_chip", True):
+        for s in sorted(ON_CHIP_SPLITS, reverse=True):
+            tps_s = _cdiv(n_tiles, s)
+            if s > n_splits or _cdiv(n_tiles, tps_s) != s:
+                continue
+            if s < n_splits and ("splits" in TUNE or tps_s > ON_CHIP_MAX_TILES):
+                continue
+            on_chip = _on_chip_instance(name, cfg, s, blocks, capacity)
+            if on_chip is not None:
+                fn, n_splits, tps = on_chip, s, tps_s
+                break
     return fn, threads, smem, row_blocks, n_splits, tps
+
+
+def _on_chip_instance(name, cfg, n_splits, clusters, capacity):
+    """The instance whose n_splits blocks of a row block form a cluster and merge on chip,
+    if clusters exist here and those clusters fit on the GPU in as few waves as the plain
+    blocks (a cluster needs all its blocks at once within one GPC: on an H200, 30 clusters
+    of 4 one-block-an-SM decode blocks, not 32); else None."""
+    from . import _kernels
+    if not _kernels.has_clusters():
+        return None
+    kname = tc_kernel_name(name, cfg, n_splits)
+    fn = _get_kernel(kname, tc_kernel_line(name, cfg, n_splits), cfg.smem)
+    fit = _kernels.max_active_clusters(fn, kname, cfg.threads, cfg.smem, (1, 1, n_splits))
+    if fit == 0 or _cdiv(clusters, fit) > _cdiv(clusters * n_splits, capacity):
+        return None
+    return fn
 
 
 def _cupy_attention(q, k, v, scale, causal, kv_lens, want_lse):

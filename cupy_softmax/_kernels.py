@@ -11,6 +11,7 @@ string only, not on included headers, so the options carry a hash of every file 
 ``kernels_cu``.
 """
 
+import ctypes
 import functools
 import hashlib
 import pathlib
@@ -340,6 +341,34 @@ def has_clusters():
 
 def disable_clusters():
     _no_clusters.add(_device())
+
+
+class _LaunchConfig(ctypes.Structure):     # CUlaunchConfig of the driver API
+    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3),
+                ("shared_mem_bytes", ctypes.c_uint), ("stream", ctypes.c_void_p),
+                ("attrs", ctypes.c_void_p), ("num_attrs", ctypes.c_uint)]
+
+
+_clusters_fit = {}
+
+
+def max_active_clusters(fn, name, threads, smem, cluster):
+    """Clusters of ``fn`` (compiled with __cluster_dims__ ``cluster``) that the device runs
+    at once (cuOccupancyMaxActiveClusters; CuPy does not wrap it); 0 if the query fails."""
+    key = (_device(), name, threads, smem)
+    v = _clusters_fit.get(key)
+    if v is None:
+        cfg = _LaunchConfig((ctypes.c_uint * 3)(*cluster), (ctypes.c_uint * 3)(threads, 1, 1),
+                            smem, None, None, 0)
+        out = ctypes.c_int(0)
+        try:
+            rc = ctypes.CDLL("libcuda.so.1").cuOccupancyMaxActiveClusters(
+                ctypes.byref(out), ctypes.c_void_p(fn.kernel.ptr), ctypes.byref(cfg))
+        except (OSError, AttributeError):
+            rc = -1
+        v = out.value if rc == 0 else 0
+        _clusters_fit[key] = v
+    return v
 
 
 def compile_all(dtype_names=tuple(DTYPES)):

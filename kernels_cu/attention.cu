@@ -189,10 +189,28 @@ __device__ __forceinline__ void merge_row(int nparts, GetO get_o, GetL get_l, TO
     if (lane == 0 && lse_out) *lse_out = empty ? ninf : cs::shift(M) + cs::log_acc(S);
 }
 
-// Split-KV finish, called by the whole block after it wrote its partial (o, lse) rows:
-// the last of the n_splits blocks of a (batch, kv head, row block) to arrive merges the
-// partials into the output (counter pattern of CUDA's threadFenceReduction sample; the
-// last block resets the counter, so the buffer stays zeroed for the next launch).
+// Where the merged row r of a split row block goes: its output row and its lse (or null).
+template <typename TO, typename A>
+struct OutRow {
+    TO* o;
+    A* lse;
+};
+template <typename TO, typename A>
+__device__ __forceinline__ OutRow<TO, A> out_row(void* o_, void* lse_, i64 o_sb, i64 o_sh, i64 o_ss,
+                                                 int hq, int q_len, int r, int G, int hk, int b,
+                                                 i64* row_out) {
+    const int i = r / G, head = hk * G + (r - i * G);
+    const i64 row = ((i64)b * hq + head) * q_len + i;
+    *row_out = row;
+    return {reinterpret_cast<TO*>(o_) + (i64)b * o_sb + (i64)head * o_sh + (i64)i * o_ss,
+            lse_ ? reinterpret_cast<A*>(lse_) + row : (A*)0};
+}
+
+// Split-KV finish through global memory, called by the whole block after it wrote its
+// partial (o, lse) rows: the last of the n_splits blocks of a (batch, kv head, row block)
+// to arrive merges the partials into the output (counter pattern of CUDA's
+// threadFenceReduction sample; the last block resets the counter, so the buffer stays
+// zeroed for the next launch).
 template <typename TO, typename A, int THREADS>
 __device__ __noinline__ void finish_splits(void* o_, void* lse_, const void* o_part_, const void* lse_part_,
                                            unsigned* counters, i64 o_sb, i64 o_sh, i64 o_ss,
@@ -219,13 +237,11 @@ __device__ __noinline__ void finish_splits(void* o_, void* lse_, const void* o_p
     for (int rl = warp; rl < rows_in_block; rl += THREADS / 32) {
         const int r = r0 + rl;
         if (r >= R) break;
-        const int i = r / G, head = hk * G + (r - i * G);
-        const i64 row = ((i64)b * hq + head) * q_len + i;
-        TO* orow = reinterpret_cast<TO*>(o_) + (i64)b * o_sb + (i64)head * o_sh + (i64)i * o_ss;
-        A* lrow = lse_ ? reinterpret_cast<A*>(lse_) + row : (A*)0;
+        i64 row;
+        const OutRow<TO, A> dst = out_row<TO, A>(o_, lse_, o_sb, o_sh, o_ss, hq, q_len, r, G, hk, b, &row);
         merge_row<A, TO, A, true>(
             n_splits, [&](int pi) { return op + (pi * pstride + row) * d; },
-            [&](int pi) { return lp + pi * pstride + row; }, orow, lrow, d, lane);
+            [&](int pi) { return lp + pi * pstride + row; }, dst.o, dst.lse, d, lane);
     }
 }
 
@@ -235,6 +251,33 @@ __device__ __forceinline__ void finish_splits(const FwdParams& p, int r0, int ro
     finish_splits<TO, A, THREADS>(p.o, p.lse, p.o_part, p.lse_part, p.counters, p.o_sb, p.o_sh, p.o_ss,
                                   p.batch, p.hq, p.hkv, p.q_len, p.d, p.n_splits, r0, rows_in_block,
                                   R, G, hk, b);
+}
+
+// Split-KV finish on chip: the CL splits of a row block are the CL blocks of one cluster
+// (rank = split), each holds its partial rows in its own shared memory (part_o [rows][ld],
+// part_l [rows]); after a cluster barrier, rows are shared out over the cluster's warps
+// and merged from the peers' shared memory.  No global partials, no atomics: about the
+// two L2 round trips of finish_splits less at the end of the kernel.
+template <typename TO, int CL, int THREADS>
+__device__ __forceinline__ void finish_splits_on_chip(const FwdParams& p, float* part_o, float* part_l,
+                                                      int ld, int rank, int r0, int rows_in_block,
+                                                      int R, int G, int hk, int b) {
+    cs::cluster_arrive();                          // this block's partials (release) ...
+    cs::cluster_wait();                            // ... and every peer's are visible
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int rl = warp * CL + rank; rl < rows_in_block; rl += (THREADS / 32) * CL) {
+        const int r = r0 + rl;
+        if (r >= R) break;
+        i64 row;
+        const OutRow<TO, float> dst = out_row<TO, float>(p.o, p.lse, p.o_sb, p.o_sh, p.o_ss, p.hq, p.q_len,
+                                                         r, G, hk, b, &row);
+        // (ranks clamped: merge_row may form the address of a part past CL, never load it)
+        merge_row<float, TO, float, false>(
+            CL, [&](int pi) { return cs::peer_ptr(part_o + rl * ld, imin(pi, CL - 1)); },
+            [&](int pi) { return cs::peer_ptr(part_l + rl, imin(pi, CL - 1)); }, dst.o, dst.lse, p.d, lane);
+    }
+    cs::cluster_arrive_relaxed();                  // done reading the peers: they may leave
+    cs::cluster_wait();
 }
 
 // ------------------------------------------------------------------ tensor-core kernel
@@ -247,9 +290,11 @@ struct FwdCfg {
     static constexpr int Q_ELEMS = BM * D, KV_ELEMS = BN * D;
     static constexpr int SMEM_BYTES = (Q_ELEMS + 2 * STAGES * KV_ELEMS) * 2;
     static constexpr int RED_FLOATS = WN > 1 ? WN * BM * D + 2 * WN * BM : 0;
+    static constexpr int PART_FLOATS = WN > 1 ? BM * D + BM : 0;   // the on-chip split finish
     static_assert(D % 64 == 0, "D: 64, 128 or 256 (the swizzle needs 8 chunks a row)");
     static_assert(BNW % 16 == 0, "BNW: a multiple of 16");
-    static_assert(RED_FLOATS * 4 <= 2 * STAGES * KV_ELEMS * 2, "WN reduction must fit the K/V buffers");
+    static_assert((RED_FLOATS + PART_FLOATS) * 4 <= 2 * STAGES * KV_ELEMS * 2,
+                  "WN reduction and partial rows must fit the K/V buffers");
     static_assert((BN * CPR) % THREADS == 0 && (BM * CPR) % THREADS == 0, "tile loads");
 };
 
@@ -273,7 +318,10 @@ __device__ __forceinline__ void load_kv_tile(u32 s_base, const unsigned short* g
     }
 }
 
-template <typename T, int D, int MI, int WM, int WN, int BNW, int STAGES, bool SPLIT>
+// SPLIT: 0 no split code (n_splits must be 1); 1 splits merged through global memory
+// (finish_splits); CL >= 2: exactly CL splits, one cluster, merged on chip (decode shapes,
+// WN > 1, sm_90).
+template <typename T, int D, int MI, int WM, int WN, int BNW, int STAGES, int SPLIT>
 __device__ __forceinline__ void attn_fwd(const FwdParams& p) {
     typedef FwdCfg<D, MI, WM, WN, BNW, STAGES> C;
     constexpr int PD = STAGES - 1;                      // key tiles prefetched ahead
@@ -442,7 +490,9 @@ __device__ __forceinline__ void attn_fwd(const FwdParams& p) {
     }
     cp_async_wait<0>();
 
-    const bool split_out = SPLIT && p.n_splits > 1;     // SPLIT = false: no split code at all
+    constexpr bool ON_CHIP = SPLIT >= 2;
+    static_assert(!ON_CHIP || WN > 1, "the on-chip finish keeps its partials beside the warps' merge");
+    const bool split_out = SPLIT != 0 && (ON_CHIP || p.n_splits > 1);   // SPLIT 0: no split code
     if constexpr (WN == 1) {
         // ---- epilogue straight from registers
         float inv[MI][2], lse[MI][2];
@@ -481,6 +531,8 @@ __device__ __forceinline__ void attn_fwd(const FwdParams& p) {
         float* red = reinterpret_cast<float*>(smem_raw + C::Q_ELEMS * 2);   // [WN][BM][D]
         float* red_m = red + WN * BM * D;                                   // [WN][BM]
         float* red_l = red_m + WN * BM;
+        float* part_o = red_l + WN * BM;                                    // [BM][D]
+        float* part_l = part_o + BM * D;                                    // [BM]
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
@@ -529,6 +581,9 @@ __device__ __forceinline__ void attn_fwd(const FwdParams& p) {
                 T* orow = reinterpret_cast<T*>(p.o) + (i64)g.b * p.o_sb + (i64)head * p.o_sh + (i64)i * p.o_ss;
                 *reinterpret_cast<u32*>(orow + col) = Mma<T>::pack(o0 * inv, o1 * inv);
                 if (p.lse && col == 0) reinterpret_cast<float*>(p.lse)[row] = lse;
+            } else if constexpr (ON_CHIP) {
+                *reinterpret_cast<float2*>(part_o + rl * D + col) = make_float2(o0 * inv, o1 * inv);
+                if (col == 0) part_l[rl] = lse;
             } else {
                 const i64 prow = (i64)g.split * p.batch * p.hq * p.q_len + row;
                 *reinterpret_cast<float2*>(reinterpret_cast<float*>(p.o_part) + prow * p.d + col) =
@@ -536,8 +591,12 @@ __device__ __forceinline__ void attn_fwd(const FwdParams& p) {
                 if (col == 0) reinterpret_cast<float*>(p.lse_part)[prow] = lse;
             }
         }
+        // blockIdx.z = b * CL + split is cluster rank `split` (cluster dims (1, 1, CL))
+        if constexpr (ON_CHIP) finish_splits_on_chip<T, SPLIT, C::THREADS>(p, part_o, part_l, D, g.split,
+                                                                           g.r0, BM, R, G, g.hk, g.b);
     }
-    if (split_out) finish_splits<T, float, C::THREADS>(p, g.r0, BM, R, G, g.hk, g.b);
+    if constexpr (!ON_CHIP)
+        if (split_out) finish_splits<T, float, C::THREADS>(p, g.r0, BM, R, G, g.hk, g.b);
 }
 
 // ------------------------------------------------------------------ SIMT kernel (float32 / float64)
@@ -687,12 +746,19 @@ __device__ __forceinline__ void attn_simt(const FwdParams& p) {
     P.scale = scale; P.scale_log2 = scale_log2;
 
 // Tensor cores: T in cs::half_t, cs::bf16_t; dynamic shared memory FwdCfg<...>::SMEM_BYTES.
-// SPLIT: 1 for the split-KV capable instance (n_splits > 1 allowed), 0 for one without.
-#define CS_ATTN_FWD(NAME, T, D, MI, WM, WN, BNW, STAGES, MINB, SPLIT)                          \
-    extern "C" __global__ void __launch_bounds__(32 * (WM) * (WN), MINB)                      \
+// SPLIT: 0 an instance without split code, 1 the split-KV capable one (any n_splits,
+// merged through global memory), CL >= 2 n_splits = CL merged on chip; CLUSTER is then
+// CS_ATTN_CLUSTER(CL) (empty otherwise).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define CS_ATTN_CLUSTER(CL) __cluster_dims__(1, 1, CL)
+#else
+#define CS_ATTN_CLUSTER(CL)
+#endif
+#define CS_ATTN_FWD(NAME, T, D, MI, WM, WN, BNW, STAGES, MINB, SPLIT, CLUSTER)                 \
+    extern "C" __global__ void __launch_bounds__(32 * (WM) * (WN), MINB) CLUSTER              \
     NAME(CS_ATTN_PARAMS(T)) {                                                                  \
         CS_ATTN_FILL(prm)                                                                      \
-        csattn::attn_fwd<T, D, MI, WM, WN, BNW, STAGES, (SPLIT) != 0>(prm);                    \
+        csattn::attn_fwd<T, D, MI, WM, WN, BNW, STAGES, SPLIT>(prm);                           \
     }
 
 // SIMT: A in float, double; 128 threads; dynamic shared memory SimtCfg<...>::SMEM_BYTES.

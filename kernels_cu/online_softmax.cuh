@@ -643,28 +643,20 @@ __device__ __forceinline__ void cluster_wait() {
     asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
 #endif
 }
-template <typename A> __device__ __forceinline__ A ld_peer(const A* p, unsigned rank);
-template <> __device__ __forceinline__ float ld_peer<float>(const float* p, unsigned rank) {
-    float v = 0.0f;
+// The address of *p (this block's shared memory) in the shared memory of block `rank` of
+// the cluster, as a generic pointer: plain loads through it read the peer's copy.
+template <typename T> __device__ __forceinline__ T* peer_ptr(T* p, unsigned rank) {
 #if __CUDA_ARCH__ >= 900
-    unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("mapa.shared::cluster.u32 %0, %0, %1;" : "+r"(a) : "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(a) : "memory");
+    unsigned long long a;
+    asm("mapa.u64 %0, %1, %2;" : "=l"(a) : "l"(p), "r"(rank));
+    return reinterpret_cast<T*>(a);
 #else
     __trap();
+    return p;
 #endif
-    return v;
 }
-template <> __device__ __forceinline__ double ld_peer<double>(const double* p, unsigned rank) {
-    double v = 0.0;
-#if __CUDA_ARCH__ >= 900
-    unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("mapa.shared::cluster.u32 %0, %0, %1;" : "+r"(a) : "r"(rank));
-    asm volatile("ld.shared::cluster.f64 %0, [%1];" : "=d"(v) : "r"(a) : "memory");
-#else
-    __trap();
-#endif
-    return v;
+template <typename A> __device__ __forceinline__ A ld_peer(const A* p, unsigned rank) {
+    return *peer_ptr(p, rank);
 }
 
 // pub: a __shared__ State of this block.  Call with the whole block, in every block of

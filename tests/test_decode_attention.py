@@ -208,3 +208,52 @@ def test_forced_splits(xp, dtype, splits, monkeypatch):
         out, lse = attention(q, k, v, causal=causal, return_lse=True, kv_lens=[Lk - 5] + [Lk] * (B - 1))
         ref = ref_attention(q, k, v, causal=causal, kv_lens=[Lk - 5] + [Lk] * (B - 1))
         check_attention(out, lse, *ref, q.dtype, score_magnitude(q, k), v, what=f"splits={splits}")
+
+
+# The on-chip split finish (a cluster of n_splits blocks merging through distributed shared
+# memory, sm_90): it must give the float64 reference's answer and, since it merges the same
+# parts in the same order with the same arithmetic, bit for bit the global finish's.
+ON_CHIP_CASES = [
+    # (B, Hq, Hkv, Lq, Lk, d, kv_lens): one and two 16-row m-tiles, D 64 / 128 / 256,
+    # splits that see no key (kv_lens 0 and short), lengths that are not tile multiples
+    # (16, 18 or 24 key tiles: every split count below keeps its count)
+    (1, 8, 8, 1, 3000, 128, [0]),
+    (1, 32, 4, 3, 2000, 128, [40]),
+    (3, 4, 2, 1, 1500, 64, [1500, 7, 1499]),
+    (1, 16, 2, 4, 999, 64, None),
+    (2, 4, 4, 2, 1020, 256, [1020, 1]),
+]
+
+
+@pytest.mark.parametrize("splits", [2, 4, 8])
+@pytest.mark.parametrize("case", ON_CHIP_CASES, ids=lambda c: "x".join(map(str, c[:6])))
+@pytest.mark.parametrize("dtype", dtype_params(["float16", "bfloat16"]))
+def test_on_chip_split_finish(xp, dtype, case, splits, monkeypatch):
+    if not is_cupy(xp):
+        pytest.skip("GPU only")
+    from cupy_softmax import _attention, _kernels
+    if not _kernels.has_clusters():
+        pytest.skip("no thread-block clusters on this GPU")
+    B, Hq, Hkv, Lq, Lk, d, lens = case
+    monkeypatch.setitem(_attention.TUNE, "splits", splits)
+    rng = np.random.default_rng(splits * 1000 + Lk)
+    q, k, v = qkv(xp, rng, B, Hq, Hkv, Lq, Lk, d, dtype)
+    kv_lens = None if lens is None else np.array(lens + [Lk] * (B - len(lens)))
+    dev = xp.cuda.runtime.getDevice()
+    for causal in (False, True):
+        plan = _attention._launch_plan(dev, dname(q.dtype), B, Hkv, Hq // Hkv, Lq, Lk, d, causal,
+                                       repr(_attention.TUNE))
+        assert plan[4] == splits
+        fn = plan[0]
+        out, lse = attention(q, k, v, causal=causal, return_lse=True, kv_lens=kv_lens)
+        ref = ref_attention(q, k, v, causal=causal, kv_lens=kv_lens)
+        check_attention(out, lse, *ref, q.dtype, score_magnitude(q, k), v,
+                        what=f"on-chip splits={splits} causal={causal}")
+        monkeypatch.setitem(_attention.TUNE, "on_chip", False)
+        glob = _attention._launch_plan(dev, dname(q.dtype), B, Hkv, Hq // Hkv, Lq, Lk, d, causal,
+                                       repr(_attention.TUNE))[0]
+        assert glob is not fn, "the on-chip instance was not chosen"   # (few clusters: they fit)
+        out_g, lse_g = attention(q, k, v, causal=causal, return_lse=True, kv_lens=kv_lens)
+        monkeypatch.delitem(_attention.TUNE, "on_chip")
+        assert (asnumpy(out).view(np.uint16) == asnumpy(out_g).view(np.uint16)).all()
+        np.testing.assert_array_equal(asnumpy(lse), asnumpy(lse_g))

@@ -2,7 +2,8 @@
 """Attention kernels on odd shapes, for compute-sanitizer (memcheck, racecheck).
 
 Prefill (float16/bfloat16, head_dim 64/80/128/256, causal, GQA), decode with kv_lens,
-the float32/float64 SIMT path, forced key splits and merges of 5 and 11 parts.
+the float32/float64 SIMT path, forced key splits (merged through global memory and on
+chip) and merges of 5 and 11 parts.
 """
 
 import cupy as cp
@@ -43,7 +44,16 @@ def main():
     q = random((1, 4, 40, 64), np.float16)
     k, v = random((1, 2, 300, 64), np.float16), random((1, 2, 300, 64), np.float16)
     attention(q, k, v, causal=True, return_lse=True)
+    # decode with the splits merged on chip (clusters of 4 and 8) and through global memory
+    q = random((2, 8, 2, 128), np.float16)
+    k, v = random((2, 2, 1020, 128), np.float16), random((2, 2, 1020, 128), np.float16)
+    for splits, on_chip in ((4, True), (8, True), (4, False)):
+        _attention.TUNE.update(splits=splits, on_chip=on_chip)
+        attention(q, k, v, return_lse=True, kv_lens=[1020, 3])
+        cp.cuda.Device().synchronize()
+        print("ok decode splits", splits, "on chip" if on_chip else "global", flush=True)
     _attention.TUNE.pop("splits")
+    _attention.TUNE.pop("on_chip")
     outputs = [random((3, 5, 24), np.float16) for _ in range(11)]
     lses = [random((3, 5), np.float32) for _ in range(11)]
     merge_attention(outputs[:5], lses[:5])
