@@ -101,6 +101,8 @@ CASES = {
     "softmax_f32_8192x32000": lambda: _softmax_case("softmax", (8192, 32000), "float32", -1),
     "softmax_f16_32768x1024": lambda: _softmax_case("softmax", (32768, 1024), "float16", -1),
     "logsumexp_f32_4096x4096": lambda: _softmax_case("logsumexp", (4096, 4096), "float32", -1),
+    "logsumexp_f16_32768x1024": lambda: _softmax_case("logsumexp", (32768, 1024), "float16", -1),
+    "logsumexp_f32_128x131072": lambda: _softmax_case("logsumexp", (128, 131072), "float32", -1),
     "softmax_f32_32768x1024_axis0": lambda: _softmax_case("softmax", (32768, 1024), "float32", 0),
     "softmax_f16_32768x1024_axis0": lambda: _softmax_case("softmax", (32768, 1024), "float16", 0),
     "softmax_f32_8192x32000_axis0": lambda: _softmax_case("softmax", (8192, 32000), "float32", 0),
