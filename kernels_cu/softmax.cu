@@ -22,6 +22,35 @@
 
 namespace cs {
 
+// ---------------------------------------------------------------- rows: work items
+// tpr threads share a row: a power of two <= 32 (THREADS / tpr rows a block and item),
+// or the whole block, whose item is then chunk c of G of a row.
+struct RowItem {
+    i64 row, c;
+    bool active;                                   // row < rows
+};
+struct RowTile {
+    int tpr, lane, sub, rpb;
+    bool block_row;
+    i64 G, items;
+    __device__ __forceinline__ RowTile(int threads, i64 tpr_, i64 rows, i64 G_) : G(G_) {
+        tpr = (int)tpr_;
+        block_row = (tpr == threads);
+        lane = (int)threadIdx.x & (tpr - 1);
+        sub = (int)threadIdx.x / tpr;
+        rpb = threads / tpr;
+        items = block_row ? rows * G : (rows + rpb - 1) / rpb;
+    }
+    __device__ __forceinline__ RowItem at(i64 item, i64 rows) const {
+        RowItem w;
+        w.c = 0;
+        if (block_row) { w.row = item / G; w.c = item - w.row * G; }
+        else w.row = item * rpb + sub;
+        w.active = w.row < rows;
+        return w;
+    }
+};
+
 // ---------------------------------------------------------------- rows: softmax
 // XCH: how the G blocks of a split row exchange partial states (mode 1): 0 never split,
 // 1 through global memory (cooperative launch, any G), >= 2 a cluster of XCH blocks.
@@ -39,19 +68,12 @@ __device__ __forceinline__ void row_softmax(
     Chunk<T, VEC, THREADS, NV, STAGED> stage;      // the chunk: EPT elements per thread
 
     const int tid = threadIdx.x;
-    const int tpr = (int)tpr_;
-    const bool block_row = (tpr == THREADS);
-    const int lane = tid & (tpr - 1);
-    const int sub = tid / tpr;
-    const int rpb = THREADS / tpr;
+    const RowTile rt(THREADS, tpr_, rows, G);
+    const int tpr = rt.tpr, lane = rt.lane;
     const i64 CH = (i64)tpr * EPT;
-    const i64 items = block_row ? rows * G : (rows + rpb - 1) / rpb;
 
-    for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
-        i64 row, c = 0;
-        if (block_row) { row = item / G; c = item - row * G; }
-        else row = item * rpb + sub;
-        const bool active = row < rows;
+    for (i64 item = blockIdx.x; item < rt.items; item += gridDim.x) {
+        const auto [row, c, active] = rt.at(item, rows);
         const T* xr = x + (active ? row : 0) * xs0;
         const i64 j0 = c * CH;
 
@@ -192,19 +214,12 @@ __device__ __forceinline__ void row_stats(
     __shared__ int last_flag;
 
     const int tid = threadIdx.x;
-    const int tpr = (int)tpr_;
-    const bool block_row = (tpr == THREADS);
-    const int lane = tid & (tpr - 1);
-    const int sub = tid / tpr;
-    const int rpb = THREADS / tpr;
-    const i64 items = block_row ? rows * G : (rows + rpb - 1) / rpb;
+    const RowTile rt(THREADS, tpr_, rows, G);
+    const int tpr = rt.tpr, lane = rt.lane;
     const i64 step = (i64)tpr * VEC;
 
-    for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
-        i64 row, c = 0;
-        if (block_row) { row = item / G; c = item - row * G; }
-        else row = item * rpb + sub;
-        const bool active = row < rows;
+    for (i64 item = blockIdx.x; item < rt.items; item += gridDim.x) {
+        const auto [row, c, active] = rt.at(item, rows);
         const T* xr = x + (active ? row : 0) * xs0;
         const T* br = HAS_B ? b + (active ? row : 0) * bs0 : b;
         const i64 jb = c * CH;
