@@ -761,7 +761,9 @@ def attention(q, k, v, *, scale=None, causal=False, return_lse=False, kv_lens=No
     shapes and any head_dim up to 256 works (dims that are not a multiple of 8
     are zero-padded, at the cost of a copy).  float32 and float64 run a slower
     SIMT kernel in full precision.  Queries of up to 16 rows (decoding) split
-    the keys over many thread blocks and merge the parts (flash-decoding).
+    the keys over many thread blocks and merge the parts (flash-decoding; on
+    sm_90, where they fit, the blocks of one query block form a cluster and
+    merge through shared memory).
 
     Examples
     --------

@@ -17,7 +17,9 @@
 //   decode shape: WN partial states merged through shared memory at the end).
 //   Key tiles are split over gridDim.z / B blocks (split-KV, flash-decoding) when
 //   n_splits > 1: each split writes its normalised partial output and lse (float32), and
-//   the last split block of each row block to finish merges them (finish_splits).
+//   the last split block of each row block to finish merges them (finish_splits); or,
+//   when the splits of a row block are launched as one cluster, they keep their partials
+//   in shared memory and merge them from there (finish_splits_on_chip).
 // attn_simt: float32 / float64, plain FMA (the slower path), same rows, masks and splits.
 #pragma once
 

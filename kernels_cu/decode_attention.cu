@@ -12,8 +12,9 @@
 //
 // which is exactly the merge of the (m, s) states of the splits: a part that saw no key
 // (lse = -inf) contributes nothing, and any order of parts gives the same result up to
-// rounding.  The attention kernel merges its own splits (finish_splits in attention.cu,
-// the last split block to finish does it); the kernels here are the public
+// rounding.  The attention kernel merges its own splits (attention.cu: finish_splits, by
+// the last split block to finish, or finish_splits_on_chip, by the splits of a cluster
+// from each other's shared memory); the kernels here are the public
 // merge_attention: merge_list for up to 8 separate arrays (kernel arguments, so no
 // pointer array has to be copied to the device, and CUDA-graph capture works) and
 // merge_stacked for one stacked array.  merge_row (attention.cu) does the work.
