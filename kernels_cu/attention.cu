@@ -191,21 +191,21 @@ __device__ __forceinline__ void merge_row(int nparts, GetO get_o, GetL get_l, TO
     if (lane == 0 && lse_out) *lse_out = empty ? ninf : cs::shift(M) + cs::log_acc(S);
 }
 
-// Where the merged row r of a split row block goes: its output row and its lse (or null).
+// Where the merged packed row r of a split row block goes: its output row, its lse (or
+// null), and its index among the (batch, head, query) rows.
 template <typename TO, typename A>
 struct OutRow {
     TO* o;
     A* lse;
+    i64 row;
 };
 template <typename TO, typename A>
 __device__ __forceinline__ OutRow<TO, A> out_row(void* o_, void* lse_, i64 o_sb, i64 o_sh, i64 o_ss,
-                                                 int hq, int q_len, int r, int G, int hk, int b,
-                                                 i64* row_out) {
+                                                 int hq, int q_len, int r, int G, int hk, int b) {
     const int i = r / G, head = hk * G + (r - i * G);
     const i64 row = ((i64)b * hq + head) * q_len + i;
-    *row_out = row;
     return {reinterpret_cast<TO*>(o_) + (i64)b * o_sb + (i64)head * o_sh + (i64)i * o_ss,
-            lse_ ? reinterpret_cast<A*>(lse_) + row : (A*)0};
+            lse_ ? reinterpret_cast<A*>(lse_) + row : (A*)0, row};
 }
 
 // Split-KV finish through global memory, called by the whole block after it wrote its
@@ -239,11 +239,10 @@ __device__ __noinline__ void finish_splits(void* o_, void* lse_, const void* o_p
     for (int rl = warp; rl < rows_in_block; rl += THREADS / 32) {
         const int r = r0 + rl;
         if (r >= R) break;
-        i64 row;
-        const OutRow<TO, A> dst = out_row<TO, A>(o_, lse_, o_sb, o_sh, o_ss, hq, q_len, r, G, hk, b, &row);
+        const OutRow<TO, A> dst = out_row<TO, A>(o_, lse_, o_sb, o_sh, o_ss, hq, q_len, r, G, hk, b);
         merge_row<A, TO, A, true>(
-            n_splits, [&](int pi) { return op + (pi * pstride + row) * d; },
-            [&](int pi) { return lp + pi * pstride + row; }, dst.o, dst.lse, d, lane);
+            n_splits, [&](int pi) { return op + (pi * pstride + dst.row) * d; },
+            [&](int pi) { return lp + pi * pstride + dst.row; }, dst.o, dst.lse, d, lane);
     }
 }
 
@@ -270,9 +269,8 @@ __device__ __forceinline__ void finish_splits_on_chip(const FwdParams& p, float*
     for (int rl = warp * CL + rank; rl < rows_in_block; rl += (THREADS / 32) * CL) {
         const int r = r0 + rl;
         if (r >= R) break;
-        i64 row;
         const OutRow<TO, float> dst = out_row<TO, float>(p.o, p.lse, p.o_sb, p.o_sh, p.o_ss, p.hq, p.q_len,
-                                                         r, G, hk, b, &row);
+                                                         r, G, hk, b);
         // (ranks clamped: merge_row may form the address of a part past CL, never load it)
         merge_row<float, TO, float, false>(
             CL, [&](int pi) { return cs::peer_ptr(part_o + rl * ld, imin(pi, CL - 1)); },
@@ -751,11 +749,7 @@ __device__ __forceinline__ void attn_simt(const FwdParams& p) {
 // SPLIT: 0 an instance without split code, 1 the split-KV capable one (any n_splits,
 // merged through global memory), CL >= 2 n_splits = CL merged on chip; CLUSTER is then
 // CS_ATTN_CLUSTER(CL) (empty otherwise).
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-#define CS_ATTN_CLUSTER(CL) __cluster_dims__(1, 1, CL)
-#else
-#define CS_ATTN_CLUSTER(CL)
-#endif
+#define CS_ATTN_CLUSTER(CL) CS_CLUSTER_DIMS(1, 1, CL)
 #define CS_ATTN_FWD(NAME, T, D, MI, WM, WN, BNW, STAGES, MINB, SPLIT, CLUSTER)                 \
     extern "C" __global__ void __launch_bounds__(32 * (WM) * (WN), MINB) CLUSTER              \
     NAME(CS_ATTN_PARAMS(T)) {                                                                  \

@@ -622,6 +622,14 @@ __device__ __forceinline__ bool group_arrive_last(unsigned* cnt, i64 expected, i
 }
 
 
+// __cluster_dims__ exists from sm_90 on; older targets compile an instance without it
+// (the dispatch never launches a cluster instance there).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define CS_CLUSTER_DIMS(X, Y, Z) __cluster_dims__(X, Y, Z)
+#else
+#define CS_CLUSTER_DIMS(X, Y, Z)
+#endif
+
 // Thread-block cluster (sm_90): the G blocks of a split slice form one cluster
 // (__cluster_dims__), each publishes its block state in its own shared memory, and every
 // block reads the G states through distributed shared memory and merges them in the

@@ -591,13 +591,7 @@ __device__ __forceinline__ void merge_states(
 // One extern "C" kernel per template instance; _kernels.py writes the list.
 #define CS_ACC(T) cs::AccOf<T>::type
 
-// __cluster_dims__ exists from sm_90 on; older targets compile the instance without it
-// (the dispatch never launches a cluster instance there).
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-#define CS_CLUSTER(G) __cluster_dims__(G, 1, 1)
-#else
-#define CS_CLUSTER(G)
-#endif
+#define CS_CLUSTER(G) CS_CLUSTER_DIMS(G, 1, 1)
 
 // XCH >= 2: the kernel is launched in clusters of XCH blocks (CLUSTER is CS_CLUSTER(XCH)
 // then, empty otherwise).
