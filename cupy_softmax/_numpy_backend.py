@@ -45,6 +45,16 @@ def _sum_dtype(block):
     return None
 
 
+def _merge_wide(state, part, xp):
+    """Merge a block's state into the tile's running one, whose sum is kept in float64
+    (complex128) for float32 (complex64) data: blocks merge one after the other, and a
+    float32 running sum would lose up to an ulp per block."""
+    m, s = part
+    if s.dtype in (np.float32, np.complex64):
+        s = s.astype(np.promote_types(s.dtype, np.float64))
+    return (m, s) if state is None else _state.merge_pair(*state, m, s, xp=xp)
+
+
 def _column_tiles(outer, n, inner):
     cols = min(inner, max(1, TILE_ELEMENTS // _MIN_BLOCK_ROWS))
     rows = max(1, min(n, TILE_ELEMENTS // cols))
@@ -65,7 +75,7 @@ def _tile_state(x3, b3, o, i, rows, acc, xp):
         block = x3[o, j, i].astype(acc, copy=False)
         weights = None if b3 is None else b3[o, j, i]
         part = _state.block_state(block, axis=1, b=weights, xp=xp, sum_dtype=_sum_dtype(block))
-        state = part if state is None else _state.merge_pair(*state, *part, xp=xp)
+        state = _merge_wide(state, part, xp)
     return state
 
 
@@ -116,9 +126,10 @@ def softmax(x3, out3, log):
         blocks = []
         for block, dest, work in _blocks_in_acc(x3, out3, o, i, rows, acc, xp):
             blocks.append((dest, *_write_partial(block, work, dest, log, xp)))
-        m, s = blocks[0][1:]
-        for _, m_block, s_block in blocks[1:]:
-            m, s = _state.merge_pair(m, s, m_block, s_block, xp)
+        state = None
+        for _, m_block, s_block in blocks:
+            state = _merge_wide(state, (m_block, s_block), xp)
+        m, s = state
         for dest, m_block, _ in blocks:
             _correct(dest, m_block, m, s, log, xp)
 

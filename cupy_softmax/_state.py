@@ -104,6 +104,9 @@ def logsumexp_of(m, s, return_sign, xp=np):
     """(log|sum b exp(a)|, sign) of a state; without return_sign, NaN where negative."""
     with np.errstate(divide="ignore", invalid="ignore"):
         if xp.iscomplexobj(s):
+            # A NaN in the slice makes m NaN, but the sum may also hold an overflowed
+            # term (exp of an unshifted complex64 value), and |NaN + inf j| is inf.
+            s = xp.where(xp.isnan(m), xp.nan, s)
             if return_sign:
                 magnitude = xp.abs(s)
                 sign = xp.where(magnitude == 0, 0, s / xp.where(magnitude == 0, 1, magnitude))
