@@ -84,6 +84,15 @@ template <typename T> __device__ __forceinline__ typename AccOf<T>::type load_ac
     return to_acc(ldg(p));
 }
 
+// 16 bytes to global memory as one vector store.  A uint4 assigned through a pointer
+// reaches PTX as 4 to 8 element stores once its union is split into elements (4 to 8
+// L2 write requests for 16 bytes: ncu showed the L2, not DRAM, as the limit of the
+// long-row softmax), so the store is spelled out.
+__device__ __forceinline__ void st_global16(void* p, uint4 u) {
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};"
+                 :: "l"(p), "r"(u.x), "r"(u.y), "r"(u.z), "r"(u.w) : "memory");
+}
+
 // VEC elements of T in 16 bytes (VEC * sizeof(T) == 16), p 16-byte aligned; VEC == 1
 // is a plain scalar access.
 template <typename T, int VEC>
@@ -95,7 +104,7 @@ __device__ __forceinline__ void store_vec(T* p, const typename AccOf<T>::type* a
         union { uint4 u; T e[VEC]; } v;
 #pragma unroll
         for (int i = 0; i < VEC; ++i) v.e[i] = Conv<T>::from(a[i]);
-        *reinterpret_cast<uint4*>(p) = v.u;
+        st_global16(p, v.u);
     }
 }
 
