@@ -33,7 +33,7 @@ from . import _kernels as K
 # Overrides of the size table, for benchmarks (bench/bench_gpu.py --sweep) and tests:
 #   "row_entry": (threads, ept, xch) of a row_softmax instance with xch >= 1, forces
 #       split rows with it (xch 1: SPLIT_CHUNKS, global exchange; >= 2: a cluster);
-#   "row_block": (threads, ept, tpr, staged) of an unsplit row_softmax instance (tpr 0:
+#   "row_block": (threads, ept, tpr, hold) of an unsplit row_softmax instance (tpr 0:
 #       auto);
 #   "three_pass": True forces state-then-normalise;
 #   "col_R": rows per thread of col_softmax (one of COL_R); "stats_G": chunks per slice;
@@ -131,7 +131,7 @@ def _tune_key():
 
 @functools.lru_cache(maxsize=4096)
 def _row_softmax_plan(itemsize, rows, n, nsm, split_ok, clusters, tune):
-    """(threads, ept, tpr, G, xch, staged): G > 1 splits each row over G blocks (tpr ==
+    """(threads, ept, tpr, G, xch, hold): G > 1 splits each row over G blocks (tpr ==
     threads); xch: the instance's exchange (0 none, 1 global memory, >= 2 a cluster of
     G == xch blocks).  split_ok False (normalise against a given state): no exchange."""
     tune = dict(tune)
@@ -140,17 +140,17 @@ def _row_softmax_plan(itemsize, rows, n, nsm, split_ok, clusters, tune):
         threads, ept, xch = tune["row_entry"]
         if xch >= 2 and n > threads * ept * xch:
             raise ValueError(f"row_entry {tune['row_entry']} does not cover n = {n}")
-        return threads, ept, threads, (xch if xch >= 2 else _cdiv(n, threads * ept)), xch, True
-    if "row_block" in tune:                              # (threads, ept, tpr, staged)
-        threads, ept, tpr, staged = tune["row_block"]
-        return threads, ept, _row_tpr((n, threads, ept, tpr), n), 1, 0, staged
+        return threads, ept, threads, (xch if xch >= 2 else _cdiv(n, threads * ept)), xch, K.STAGED
+    if "row_block" in tune:                              # (threads, ept, tpr, hold)
+        threads, ept, tpr, hold = tune["row_block"]
+        return threads, ept, _row_tpr((n, threads, ept, tpr), n), 1, 0, hold
     entry = _row_entry(itemsize, n, clusters)
     few_rows = rows < nsm // 2 and n >= 4096
     if entry is not None and not (split_ok and few_rows):
-        max_n, threads, ept, tpr, g, staged = entry
+        max_n, threads, ept, tpr, g, hold = entry
         if g == 1:
-            return threads, ept, _row_tpr(entry, n), 1, 0, staged
-        return threads, ept, threads, g, g, staged
+            return threads, ept, _row_tpr(entry, n), 1, 0, hold
+        return threads, ept, threads, g, g, hold
     threads, ept = chunks[-1]
     if split_ok:
         for c in reversed(chunks):                       # largest chunk that fills the GPU
@@ -159,7 +159,7 @@ def _row_softmax_plan(itemsize, rows, n, nsm, split_ok, clusters, tune):
                 break
         else:
             threads, ept = chunks[0]
-    return threads, ept, threads, _cdiv(n, threads * ept), 1, True
+    return threads, ept, threads, _cdiv(n, threads * ept), 1, K.STAGED
 
 
 def _row_softmax(x3, out3, log, st_m=None, st_s=None):
@@ -173,12 +173,12 @@ def _row_softmax(x3, out3, log, st_m=None, st_s=None):
         and _aligned(out3, *((n,) if rows > 1 else ()))
     vec = K.vec_width(isz) if vec_ok else 1
     external = st_m is not None
-    threads, ept, tpr, G, xch, staged = _row_softmax_plan(
+    threads, ept, tpr, G, xch, hold = _row_softmax_plan(
         isz, rows, n, nsm, not external, vec > 1 and K.has_clusters(), _tune_key())
     if xch >= 2 and vec == 1:                            # a forced row_entry (tests)
         raise ValueError("cluster instances need 16-byte vectors")
-    name = K.row_softmax_name(DTYPE_KEY[dname], vec, threads, ept, xch, staged)
-    smem = K.row_softmax_smem(isz, threads, ept, staged)
+    name = K.row_softmax_name(DTYPE_KEY[dname], vec, threads, ept, xch, hold)
+    smem = K.row_softmax_smem(isz, threads, ept, hold)
     items = rows * G if tpr == threads else _cdiv(rows, threads // tpr)
     if external:
         args = (x3, xs0, xs1, out3, rows, n, tpr, G, 2, int(log), st_m, st_s, 0)

@@ -27,44 +27,53 @@ DTYPES = {
 THREADS = 256           # block size of every kernel but the block-per-row softmax ones
 
 # ---------------------------------------------------------------------------------
+# Where a row_softmax instance keeps its chunk (kernels_cu's enum Hold; the letter ends
+# the entry point's name): in registers; in registers, loaded without allocating L1
+# lines; staged in shared memory (cp.async).
+REGS, REGS_NO_L1, STAGED = "r", "n", "s"
+HOLD_ENUM = {REGS: "cs::IN_REGISTERS", REGS_NO_L1: "cs::IN_REGISTERS_NO_L1", STAGED: "cs::STAGED"}
+
 # Size table of the row softmax (reduced axis last), per itemsize: the first entry
 # whose max_n covers the row is taken.  A block's threads x ept elements are its chunk,
-# read once and written once, held in registers or staged in shared memory (cp.async:
-# in flight without holding registers, so large chunks keep many blocks per SM; runs 5
-# and 6 of the notes: registers win on float32 rows up to 4096, staging on 16-bit ones).  tpr threads share a row
-# (a power of two: sub-warp, warp, or the whole block); tpr 0 means "the smallest power
-# of two <= 32 that covers the row", so short rows still give every thread ept
-# elements.  G > 1: a row is split over a cluster of G blocks (sm_90) that exchange
-# their states through distributed shared memory.  (Rows of up to 512 float32: blocks of
-# 128 threads, 16 rows, for a finer last wave: 65536x128 softmax 20.8 us against 21.2 us
-# with 256 threads, H200, session 5; rows of 1024 did not change.)
-#            max_n   threads  ept  tpr    G  staged
+# read once and written once, held as `hold` says (staged chunks are in flight without
+# holding registers, so large chunks keep many blocks per SM; runs 5 and 6 of the
+# notes: registers win on float32 rows up to 4096, staging on 16-bit ones).  tpr
+# threads share a row (a power of two: sub-warp, warp, or the whole block); tpr 0 means
+# "the smallest power of two <= 32 that covers the row", so short rows still give every
+# thread ept elements.  G > 1: a row is split over a cluster of G blocks (sm_90) that
+# exchange their states through distributed shared memory.  Float32 rows (H200): up to
+# 256, 2 vectors a lane at 32 registers (16 blocks of 128 an SM) and no L1 lines,
+# 65536x128 softmax 19.2 us against 20.4 us with 4 vectors a lane (19.7 us without L1
+# lines; but warp rows of 1024 take 72.9 us without L1 lines against 70.3 us, session
+# 6); up to 512, blocks of 128 threads for a finer last wave (session 5).
+#            max_n   threads  ept  tpr    G  hold
 ROW_TABLE = {
-    4: [(512, 128, 16, 0, 1, False),    # float32: sub-warp per row, 16-byte vectors of 4
-        (1024, 256, 32, 32, 1, False),  # warp per row
-        (2048, 128, 16, 128, 1, True),  # block per row
-        (4096, 256, 16, 256, 1, False),
-        (8192, 256, 32, 256, 1, True),
-        (16384, 256, 32, 256, 2, True),     # cluster of G blocks per row, 32 KB each
-        (32768, 256, 32, 256, 4, True),
-        (65536, 256, 32, 256, 8, True),
-        (131072, 256, 64, 256, 8, True)],   # 64 KB per block
-    2: [(1024, 256, 32, 0, 1, True),    # float16 / bfloat16: vectors of 8
-        (2048, 256, 64, 0, 1, True),
-        (4096, 128, 32, 128, 1, True),
-        (8192, 256, 32, 256, 1, True),
-        (16384, 256, 64, 256, 1, True),
-        (32768, 256, 64, 256, 2, True),
-        (65536, 256, 64, 256, 4, True),
-        (131072, 256, 64, 256, 8, True)],
-    8: [(256, 256, 8, 0, 1, False),     # float64: vectors of 2
-        (512, 256, 16, 32, 1, False),
-        (1024, 128, 8, 128, 1, True),
-        (2048, 256, 8, 256, 1, True),
-        (4096, 256, 16, 256, 1, True),
-        (8192, 256, 16, 256, 2, True),
-        (16384, 256, 16, 256, 4, True),
-        (32768, 256, 16, 256, 8, True)],
+    4: [(256, 128, 8, 0, 1, REGS_NO_L1),    # float32: sub-warp per row, 16-byte vectors of 4
+        (512, 128, 16, 0, 1, REGS),
+        (1024, 256, 32, 32, 1, REGS),       # warp per row
+        (2048, 128, 16, 128, 1, STAGED),    # block per row
+        (4096, 256, 16, 256, 1, REGS),
+        (8192, 256, 32, 256, 1, STAGED),
+        (16384, 256, 32, 256, 2, STAGED),   # cluster of G blocks per row, 32 KB each
+        (32768, 256, 32, 256, 4, STAGED),
+        (65536, 256, 32, 256, 8, STAGED),
+        (131072, 256, 64, 256, 8, STAGED)], # 64 KB per block
+    2: [(1024, 256, 32, 0, 1, STAGED),      # float16 / bfloat16: vectors of 8
+        (2048, 256, 64, 0, 1, STAGED),
+        (4096, 128, 32, 128, 1, STAGED),
+        (8192, 256, 32, 256, 1, STAGED),
+        (16384, 256, 64, 256, 1, STAGED),
+        (32768, 256, 64, 256, 2, STAGED),
+        (65536, 256, 64, 256, 4, STAGED),
+        (131072, 256, 64, 256, 8, STAGED)],
+    8: [(256, 256, 8, 0, 1, REGS),          # float64: vectors of 2
+        (512, 256, 16, 32, 1, REGS),
+        (1024, 128, 8, 128, 1, STAGED),
+        (2048, 256, 8, 256, 1, STAGED),
+        (4096, 256, 16, 256, 1, STAGED),
+        (8192, 256, 16, 256, 2, STAGED),
+        (16384, 256, 16, 256, 4, STAGED),
+        (32768, 256, 16, 256, 8, STAGED)],
 }
 # Longer rows, few rows that would leave SMs idle, rows without 16-byte vectors, or a
 # GPU without clusters: chunks of threads x ept elements, G blocks per row that exchange
@@ -110,18 +119,18 @@ def vec_width(itemsize):
 
 
 def _row_softmax_shapes(itemsize):
-    """(threads, ept, xch, staged) of every row_softmax instance: xch 0 a block (or
+    """(threads, ept, xch, hold) of every row_softmax instance: xch 0 a block (or
     less) per row, 1 split rows exchanging through global memory (staged), >= 2 a
     cluster of xch blocks."""
-    table = {(threads, ept, g if g > 1 else 0, staged)
-             for _, threads, ept, _, g, staged in ROW_TABLE[itemsize]}
-    split = {(threads, ept, 1, True) for threads, ept in SPLIT_CHUNKS[itemsize]}
+    table = {(threads, ept, g if g > 1 else 0, hold)
+             for _, threads, ept, _, g, hold in ROW_TABLE[itemsize]}
+    split = {(threads, ept, 1, STAGED) for threads, ept in SPLIT_CHUNKS[itemsize]}
     return sorted(table | split)
 
 
-def row_softmax_smem(itemsize, threads, ept, staged):
+def row_softmax_smem(itemsize, threads, ept, hold):
     """Dynamic shared memory (bytes) of a row_softmax instance: its staged chunk."""
-    return threads * ept * itemsize if staged else 0
+    return threads * ept * itemsize if hold == STAGED else 0
 
 
 def col_softmax_smem(itemsize, vec, r):
@@ -133,14 +142,13 @@ def instances(dtype_name):
     key, ctype, itemsize = DTYPES[dtype_name]
     out = []
     for vec in (vec_width(itemsize), 1):
-        for threads, ept, xch, staged in _row_softmax_shapes(itemsize):
+        for threads, ept, xch, hold in _row_softmax_shapes(itemsize):
             if xch >= 2 and vec == 1:              # clusters only for 16-byte vectors
                 continue
-            minb = row_softmax_min_blocks(itemsize, vec, threads, ept, staged)
+            minb = row_softmax_min_blocks(itemsize, vec, threads, ept, hold)
             cluster = f"CS_CLUSTER({xch})" if xch >= 2 else ""
-            out.append(("CS_ROW_SOFTMAX", row_softmax_name(key, vec, threads, ept, xch, staged),
-                        (ctype, vec, threads, ept, xch, "true" if staged else "false", minb,
-                         cluster)))
+            out.append(("CS_ROW_SOFTMAX", row_softmax_name(key, vec, threads, ept, xch, hold),
+                        (ctype, vec, threads, ept, xch, HOLD_ENUM[hold], minb, cluster)))
         for has_b in (0, 1):
             out.append(("CS_ROW_STATS", row_stats_name(key, vec, has_b),
                         (ctype, vec, THREADS, "true" if has_b else "false",
@@ -168,22 +176,22 @@ def min_blocks(threads, smem, regs):
     return max(1, min(65536 // (threads * regs), SMEM_PER_SM // (smem + 1024)))
 
 
-def row_softmax_min_blocks(itemsize, vec, threads, ept, staged):
+def row_softmax_min_blocks(itemsize, vec, threads, ept, hold):
     """Staged: 40 registers (1536 threads per SM); 64 for float64 and for scalar loads
-    (which pass through registers on their way to shared memory).  In registers: 48
-    for float32 vectors of up to 16 elements a thread (ncu, session 3: at 56 registers
-    only 4 blocks of 256 fit and the rows of 128 and 4096 were occupancy-bound; 5 blocks
-    at 48 registers matched 6 at 40, which spills), 64 up to 32 registers of chunk, 128
-    beyond (64 halves, 16 doubles)."""
-    if staged:
+    (which pass through registers on their way to shared memory).  In registers: 32 for
+    float32 vectors of up to 8 elements a thread (a full SM), 48 up to 16 (ncu, session
+    3: at 56 registers only 4 blocks of 256 fit and the rows of 128 and 4096 were
+    occupancy-bound; 5 blocks at 48 registers matched 6 at 40, which spills), 64 up to
+    32 registers of chunk, 128 beyond (64 halves, 16 doubles)."""
+    if hold == STAGED:
         regs = 64 if itemsize == 8 or vec == 1 else 40
     else:
         words = ept * itemsize // 4
         if itemsize == 4 and vec > 1 and ept <= 16:
-            regs = 48
+            regs = 32 if ept <= 8 else 48
         else:
             regs = 128 if words > 32 or (itemsize == 8 and ept >= 16) else 64
-    return min_blocks(threads, row_softmax_smem(itemsize, threads, ept, staged), regs)
+    return min_blocks(threads, row_softmax_smem(itemsize, threads, ept, hold), regs)
 
 
 def col_softmax_min_blocks(itemsize, vec, r):
@@ -199,8 +207,8 @@ def stats_min_blocks(itemsize, has_b, cols=False):
     return (3 if has_b or itemsize == 2 else 4) if not cols else 3
 
 
-def row_softmax_name(key, vec, threads, ept, xch, staged):
-    return f"row_softmax_{key}_v{vec}_t{threads}_e{ept}_x{xch}" + ("s" if staged else "r")
+def row_softmax_name(key, vec, threads, ept, xch, hold):
+    return f"row_softmax_{key}_v{vec}_t{threads}_e{ept}_x{xch}{hold}"
 
 
 def row_stats_name(key, vec, has_b):

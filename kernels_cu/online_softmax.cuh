@@ -109,13 +109,18 @@ __device__ __forceinline__ void store_vec(T* p, const typename AccOf<T>::type* a
 }
 
 // The same 16 bytes without conversion (16-bit elements stay packed in registers).
-template <typename T, int VEC>
+// NO_L1: the lines are not allocated in L1 (data read once; see Hold below).
+template <typename T, int VEC, bool NO_L1 = false>
 __device__ __forceinline__ void load_raw(const T* p, T* a) {
     if constexpr (VEC == 1) {
         a[0] = ldg(p);
     } else {
         union { uint4 u; T e[VEC]; } v;
-        v.u = __ldg(reinterpret_cast<const uint4*>(p));
+        if constexpr (NO_L1)
+            asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                : "=r"(v.u.x), "=r"(v.u.y), "=r"(v.u.z), "=r"(v.u.w) : "l"(p));
+        else
+            v.u = __ldg(reinterpret_cast<const uint4*>(p));
 #pragma unroll
         for (int i = 0; i < VEC; ++i) a[i] = v.e[i];
     }
@@ -131,13 +136,22 @@ template <> __device__ __forceinline__ bf16_t raw_neg_inf<bf16_t>() { bf16_t h; 
 
 // ------------------------------------------------------------------ a thread's chunk
 // A softmax kernel reads its chunk once and keeps it until the output is written: NV
-// vectors of VEC elements per thread, in registers (STAGED false: loads as they come,
-// the reductions start on the first vectors while later ones are in flight) or staged
-// in shared memory (STAGED true: a 16-byte vector is copied with cp.async, which holds
-// no register while in flight, so a block keeps a large chunk in flight with few
-// registers and more blocks fit on an SM).  Staged slot v of thread tid holds VEC
-// elements at (v * THREADS + tid) * VEC: a warp's slots are consecutive (conflict-free),
-// and a thread reads back only its own slots (no barrier).
+// vectors of VEC elements per thread, held as Hold says.
+enum Hold : int {
+    // Registers: loads as they come, the reductions start on the first vectors while
+    // later ones are in flight.
+    IN_REGISTERS = 0,
+    // The same, the lines not allocated in L1: rows of 128 float32 (several rows a
+    // warp) 20.4 -> 19.7 us for 65536x128 on the H200, but warp rows of 1024 slower
+    // (70.3 -> 72.9 us), so it is the size table's choice.
+    IN_REGISTERS_NO_L1 = 1,
+    // Shared memory: a 16-byte vector is copied with cp.async, which holds no register
+    // while in flight, so a block keeps a large chunk in flight with few registers and
+    // more blocks fit on an SM.  Slot v of thread tid holds VEC elements at
+    // (v * THREADS + tid) * VEC: a warp's slots are consecutive (conflict-free), and a
+    // thread reads back only its own slots (no barrier).
+    STAGED = 2,
+};
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(s), "l"(gmem) : "memory");
@@ -155,10 +169,25 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 
 extern __shared__ __align__(16) unsigned char cs_dynamic_smem[];
 
-template <typename T, int VEC, int THREADS, int NV, bool STAGED> struct Chunk;
+template <typename T, int VEC, int THREADS, int NV, int HOLD> struct Chunk {   // registers
+    typedef typename AccOf<T>::type A;
+    T r[NV * VEC];                                 // as loaded (16-bit ones packed)
+    __device__ __forceinline__ void fetch(int v, const T* p) {
+        load_raw<T, VEC, HOLD == IN_REGISTERS_NO_L1>(p, r + v * VEC);
+    }
+    __device__ __forceinline__ void put(int v, const T* e) {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) r[v * VEC + i] = e[i];
+    }
+    __device__ __forceinline__ void wait() const {}
+    __device__ __forceinline__ void get(int v, A* a) const {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) a[i] = to_acc(r[v * VEC + i]);
+    }
+};
 
 template <typename T, int VEC, int THREADS, int NV>
-struct Chunk<T, VEC, THREADS, NV, true> {
+struct Chunk<T, VEC, THREADS, NV, STAGED> {
     typedef typename AccOf<T>::type A;
     union Vec { uint4 u; T e[VEC]; };
     T* base;                                       // slot 0 of this thread
@@ -194,22 +223,6 @@ struct Chunk<T, VEC, THREADS, NV, true> {
 #pragma unroll
             for (int i = 0; i < VEC; ++i) a[i] = to_acc(w.e[i]);
         }
-    }
-};
-
-template <typename T, int VEC, int THREADS, int NV>
-struct Chunk<T, VEC, THREADS, NV, false> {
-    typedef typename AccOf<T>::type A;
-    T r[NV * VEC];                                 // as loaded (16-bit ones packed)
-    __device__ __forceinline__ void fetch(int v, const T* p) { load_raw<T, VEC>(p, r + v * VEC); }
-    __device__ __forceinline__ void put(int v, const T* e) {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) r[v * VEC + i] = e[i];
-    }
-    __device__ __forceinline__ void wait() const {}
-    __device__ __forceinline__ void get(int v, A* a) const {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) a[i] = to_acc(r[v * VEC + i]);
     }
 };
 

@@ -29,23 +29,27 @@ struct RowItem {
     i64 row, c;
     bool active;                                   // row < rows
 };
+// tpr and rows a block are powers of two: shifts, not divisions (a 64-bit division is a
+// call of ~100 instructions before the first load of a short-lived block).
 struct RowTile {
-    int tpr, lane, sub, rpb;
+    int tpr, lane, sub, rpb_log;
     bool block_row;
     i64 G, items;
     __device__ __forceinline__ RowTile(int threads, i64 tpr_, i64 rows, i64 G_) : G(G_) {
         tpr = (int)tpr_;
         block_row = (tpr == threads);
+        const int tpr_log = __ffs(tpr) - 1;
         lane = (int)threadIdx.x & (tpr - 1);
-        sub = (int)threadIdx.x / tpr;
-        rpb = threads / tpr;
-        items = block_row ? rows * G : (rows + rpb - 1) / rpb;
+        sub = (int)threadIdx.x >> tpr_log;
+        rpb_log = (__ffs(threads) - 1) - tpr_log;
+        items = block_row ? rows * G : (rows + (1 << rpb_log) - 1) >> rpb_log;
     }
     __device__ __forceinline__ RowItem at(i64 item, i64 rows) const {
         RowItem w;
         w.c = 0;
-        if (block_row) { w.row = item / G; w.c = item - w.row * G; }
-        else w.row = item * rpb + sub;
+        if (!block_row) w.row = (item << rpb_log) + sub;
+        else if (G == 1) w.row = item;
+        else { w.row = item / G; w.c = item - w.row * G; }
         w.active = w.row < rows;
         return w;
     }
@@ -54,7 +58,7 @@ struct RowTile {
 // ---------------------------------------------------------------- rows: softmax
 // XCH: how the G blocks of a split row exchange partial states (mode 1): 0 never split,
 // 1 through global memory (cooperative launch, any G), >= 2 a cluster of XCH blocks.
-template <typename T, int VEC, int THREADS, int EPT, int XCH, bool STAGED>
+template <typename T, int VEC, int THREADS, int EPT, int XCH, int HOLD>
 __device__ __forceinline__ void row_softmax(
     const T* __restrict__ x, i64 xs0, i64 xs1, T* __restrict__ out,
     i64 rows, i64 n, i64 tpr_, i64 G, i64 mode, i64 log_,
@@ -65,7 +69,7 @@ __device__ __forceinline__ void row_softmax(
     constexpr int NV = EPT / VEC;
     __shared__ A red_m[THREADS / 32], red_s[THREADS / 32], bc[2];
     __shared__ State<A> pub;
-    Chunk<T, VEC, THREADS, NV, STAGED> stage;      // the chunk: EPT elements per thread
+    Chunk<T, VEC, THREADS, NV, HOLD> stage;        // the chunk: EPT elements per thread
 
     const int tid = threadIdx.x;
     const RowTile rt(THREADS, tpr_, rows, G);
@@ -296,8 +300,8 @@ struct ColTile {
 
 // Vector r of the chunk <- row j0 + ty + r * TY (r < R) of this thread's VEC columns
 // (from column i, at xo + j * xs1); rows from je on and columns past inner read as -inf.
-template <typename T, int VEC, int THREADS, int R, bool STAGED>
-__device__ __forceinline__ void col_fetch(Chunk<T, VEC, THREADS, R, STAGED>& stage, const T* xo,
+template <typename T, int VEC, int THREADS, int R, int HOLD>
+__device__ __forceinline__ void col_fetch(Chunk<T, VEC, THREADS, R, HOLD>& stage, const T* xo,
                                           i64 xs1, i64 je, i64 inner, i64 i, i64 j0,
                                           const ColTile& t) {
 #pragma unroll
@@ -331,8 +335,8 @@ template <typename A, int VEC> struct ColNorm {
 
 // Rows j0 + ty + r * TY (< je) of this thread's columns, normalised (softmax, or
 // log_softmax when log_), into outo + j * inner + column.
-template <typename T, int VEC, int THREADS, int R, bool STAGED, typename A>
-__device__ __forceinline__ void col_write(const Chunk<T, VEC, THREADS, R, STAGED>& stage,
+template <typename T, int VEC, int THREADS, int R, int HOLD, typename A>
+__device__ __forceinline__ void col_write(const Chunk<T, VEC, THREADS, R, HOLD>& stage,
                                           const ColNorm<A, VEC>& nm, i64 log_, T* outo, i64 je,
                                           i64 inner, i64 i, i64 j0, const ColTile& t) {
 #pragma unroll
@@ -430,7 +434,7 @@ __device__ __forceinline__ void col_softmax(
 {
     typedef typename AccOf<T>::type A;
     __shared__ A rm[VEC * THREADS];
-    Chunk<T, VEC, THREADS, R, true> stage;         // vector r: row r of the thread's columns
+    Chunk<T, VEC, THREADS, R, STAGED> stage;       // vector r: row r of the thread's columns
     const ColTile t(THREADS, txlog, VEC, inner);
     const i64 groups = outer * t.strips;
     const i64 H = (i64)t.TY * R;
@@ -498,7 +502,7 @@ __device__ __forceinline__ void col_normalize(
     const typename AccOf<T>::type* st_m, const typename AccOf<T>::type* st_s)
 {
     typedef typename AccOf<T>::type A;
-    Chunk<T, VEC, THREADS, R, false> stage;
+    Chunk<T, VEC, THREADS, R, IN_REGISTERS> stage;
     const ColTile t(THREADS, txlog, VEC, inner);
     const i64 H = (i64)t.TY * R;
     const i64 G = (n + H - 1) / H;
@@ -595,13 +599,13 @@ __device__ __forceinline__ void merge_states(
 
 // XCH >= 2: the kernel is launched in clusters of XCH blocks (CLUSTER is CS_CLUSTER(XCH)
 // then, empty otherwise).
-#define CS_ROW_SOFTMAX(NAME, T, VEC, THREADS, EPT, XCH, STAGED, MINB, CLUSTER)              \
+#define CS_ROW_SOFTMAX(NAME, T, VEC, THREADS, EPT, XCH, HOLD, MINB, CLUSTER)                \
     extern "C" __global__ void __launch_bounds__(THREADS, MINB) CLUSTER NAME(               \
         const T* x, cs::i64 xs0, cs::i64 xs1, T* out, cs::i64 rows, cs::i64 n,              \
         cs::i64 tpr, cs::i64 G, cs::i64 mode, cs::i64 log_, CS_ACC(T)* sm, CS_ACC(T)* ss,   \
         unsigned* cnt) {                                                                    \
-        cs::row_softmax<T, VEC, THREADS, EPT, XCH, STAGED>(x, xs0, xs1, out, rows, n, tpr,  \
-                                                           G, mode, log_, sm, ss, cnt);     \
+        cs::row_softmax<T, VEC, THREADS, EPT, XCH, HOLD>(x, xs0, xs1, out, rows, n, tpr,    \
+                                                         G, mode, log_, sm, ss, cnt);       \
     }
 
 #define CS_ROW_STATS(NAME, T, VEC, THREADS, HAS_B, MINB)                                    \

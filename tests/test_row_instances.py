@@ -24,15 +24,15 @@ def _cases():
     from cupy_softmax import _kernels as K
     out = []
     for itemsize, names in DTYPES.items():
-        for threads, ept, xch, staged in K._row_softmax_shapes(itemsize):
+        for threads, ept, xch, hold in K._row_softmax_shapes(itemsize):
             chunk = threads * ept
             if xch >= 2:        # a cluster of xch blocks, the last one partly filled, aligned rows
                 tunes = [({"row_entry": (threads, ept, xch)}, chunk * (xch - 1) + 8)]
             elif xch == 1:      # split rows exchanging through global memory: test_special's sizes
                 continue
             else:               # a sub-warp / warp per row, and a block per row
-                tunes = [({"row_block": (threads, ept, 0, staged)}, min(32 * ept, chunk) - 3),
-                         ({"row_block": (threads, ept, threads, staged)}, chunk - 3)]
+                tunes = [({"row_block": (threads, ept, 0, hold)}, min(32 * ept, chunk) - 3),
+                         ({"row_block": (threads, ept, threads, hold)}, chunk - 3)]
             for name in names:
                 for tune, n in tunes:
                     kind = next(iter(tune))
