@@ -128,12 +128,14 @@ __device__ __forceinline__ void row_softmax(
             st.m = group_allreduce<THREADS, MaxOp>(t, tpr, red_m);
             const A sh = shift(st.m);
             t = A(0);
+            // The sum takes the fast exp: the max adds 1, next to which a term below
+            // float32's normal range (which only exp_out keeps) adds nothing.
 #pragma unroll
             for (int v = 0; v < NV; ++v) {
                 A a[VEC];
                 stage.get(v, a);
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) t = add_nf(t, OutExp<T>::f(a[i] - sh));
+                for (int i = 0; i < VEC; ++i) t = add_nf(t, exp_fast(a[i] - sh));
             }
             st.s = group_allreduce<THREADS, SumOp>(t, tpr, red_s);
             if (XCH == 1 && mode == 1) {           // block_row; item == row * G + c
@@ -463,7 +465,7 @@ __device__ __forceinline__ void col_softmax(
             A a[VEC];
             stage.get(r, a);
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) v[e] = add_nf(v[e], OutExp<T>::f(a[e] - sh[e]));
+            for (int e = 0; e < VEC; ++e) v[e] = add_nf(v[e], exp_fast(a[e] - sh[e]));   // as in rows
         }
         column_allreduce<THREADS, VEC, SumOp>(v, rm, t.TX);
 #pragma unroll
