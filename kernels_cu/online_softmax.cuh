@@ -152,9 +152,11 @@ enum Hold : int {
     // thread reads back only its own slots (no barrier).
     STAGED = 2,
 };
+// The L2::128B prefetch-size hint: staged softmax rows 1-3 points of copy faster (H200,
+// session 6: f32 8192x32000 85.4% -> 87.9%, f16 83.7% -> 86.3%; L2::256B gained half as much).
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(s), "l"(gmem) : "memory");
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;" :: "r"(s), "l"(gmem) : "memory");
 }
 __device__ __forceinline__ void cp_async_wait_all() {
     asm volatile("cp.async.wait_all;" ::: "memory");
