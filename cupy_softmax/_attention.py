@@ -475,6 +475,22 @@ def _tc_ready(a):
     return all(abs(s) % 16 == 0 for s in a.strides[:-1])
 
 
+# Causal, unsplit: the (batch, kv head) pairs are taken in chunks whose K and V fill at most
+# this share of L2, each chunk's row blocks heaviest first (attention.cu, block_geometry).
+# H200, fp16 causal TFLOP/s against the launch order (bench/ATTENTION_NOTES.md, session 7):
+# D 128 S 1024 263 -> 270, S 4096 320 -> 341; D 64 S 4096 287 -> 304 (a share of 0.5: the
+# same; one chunk of every pair, which reads K/V from DRAM once per row block, loses).
+CAUSAL_CHUNK_L2_SHARE = 0.8
+
+
+@functools.lru_cache(maxsize=1024)
+def _causal_chunks(device, pairs, kv_pair_bytes):
+    import cupy
+    l2 = cupy.cuda.runtime.getDeviceProperties(device)["l2CacheSize"]
+    budget = max(1, int(CAUSAL_CHUNK_L2_SHARE * l2))
+    return max(1, min(pairs, _cdiv(pairs * kv_pair_bytes, budget)))
+
+
 @functools.lru_cache(maxsize=1024)
 def _launch_plan(device, name, B, Hkv, G, Lq, Lk, d_run, causal, tune):
     """(kernel, threads, smem, row_blocks, n_splits, tiles per split) of one problem shape:
@@ -585,8 +601,10 @@ def _cupy_attention(q, k, v, scale, causal, kv_lens, want_lse):
         q, k, v = (a if a.strides[-1] == a.itemsize else _contiguous(a) for a in (q, k, v))
     o_run = out if d_run == d else cupy.empty((B, Hq, Lq, d_run), dtype)
 
+    device = cupy.cuda.runtime.getDevice()
     fn, threads, smem, row_blocks, n_splits, tps = _launch_plan(
-        cupy.cuda.runtime.getDevice(), name, B, Hkv, G, Lq, Lk, d_run, causal, repr(TUNE))
+        device, name, B, Hkv, G, Lq, Lk, d_run, causal, repr(TUNE))
+    chunks = _causal_chunks(device, B * Hkv, 2 * Lk * d_run * k.itemsize) if causal else 1
 
     kvl = 0 if kv_lens is None else kv_lens
     if kv_lens is not None and not isinstance(kv_lens, cupy.ndarray):
@@ -606,7 +624,7 @@ def _cupy_attention(q, k, v, scale, causal, kv_lens, want_lse):
             *(i64(s) for s in _estrides(q)[:3]), *(i64(s) for s in _estrides(k)[:3]),
             *(i64(s) for s in _estrides(v)[:3]), *(i64(s) for s in _estrides(o_run)[:3]),
             i32(B), i32(Hq), i32(Hkv), i32(Lq), i32(Lk), i32(d_run), i32(1 if causal else 0),
-            i32(n_splits), i32(tps), np.float64(scale), f32(scale * LOG2E))
+            i32(n_splits), i32(tps), i32(chunks), np.float64(scale), f32(scale * LOG2E))
     fn((row_blocks, Hkv, B * n_splits), (threads,), args, shared_mem=smem)
     if o_run is not out:
         _bits(out)[...] = _bits(o_run)[..., :d]

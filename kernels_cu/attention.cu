@@ -36,6 +36,7 @@ struct FwdParams {
     void* o_part; void* lse_part; const int* kv_lens; unsigned* counters;
     i64 q_sb, q_sh, q_ss, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, o_sb, o_sh, o_ss;
     int batch, hq, hkv, q_len, kv_len, d, causal, n_splits, tiles_per_split;
+    int causal_chunks;       // causal, one split: chunks of (batch, kv head) pairs (>= 1)
     double scale;            // the SIMT float64 kernel needs it exact; the others round it
     float scale_log2;
 };
@@ -101,8 +102,27 @@ __device__ __forceinline__ Geometry block_geometry(const FwdParams& p) {
     // causal: the last row blocks see the most keys; start them first
     g.rb = p.causal ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
     g.hk = blockIdx.y;
-    g.b = blockIdx.z / p.n_splits;
-    g.split = blockIdx.z - g.b * p.n_splits;
+    int z = blockIdx.z;
+    if (p.causal && p.n_splits == 1) {
+        // Blocks start in launch order (x fastest), which would give every wave a mix of
+        // heavy and light blocks and the last wave heavy ones.  Longest first instead:
+        // the (batch, kv head) pairs form causal_chunks chunks of about equal size whose
+        // K/V fit in L2 together (the host's choice), and the launch index walks a chunk
+        // by every pair's heaviest row block, then every pair's next one, ..., so that
+        // the blocks that start last are light.
+        const i64 X = gridDim.x, pairs = (i64)gridDim.y * gridDim.z, nc = p.causal_chunks;
+        const i64 at = blockIdx.x + X * (blockIdx.y + (i64)gridDim.y * blockIdx.z);
+        i64 c = at * nc / (X * pairs);             // chunk c: pairs [c * pairs / nc, ...)
+        while ((c + 1) * pairs / nc * X <= at) ++c;
+        while (c * pairs / nc * X > at) --c;
+        const i64 first = c * pairs / nc, width = (c + 1) * pairs / nc - first;
+        const i64 in_chunk = at - first * X, pair = first + in_chunk % width;
+        g.rb = (int)(X - 1 - in_chunk / width);
+        g.hk = (int)(pair % gridDim.y);
+        z = (int)(pair / gridDim.y);
+    }
+    g.b = z / p.n_splits;
+    g.split = z - g.b * p.n_splits;
     g.L = p.kv_len;
     if (p.kv_lens) { const int v = p.kv_lens[g.b]; g.L = v < 0 ? 0 : imin(v, p.kv_len); }
     g.off = g.L - p.q_len;
@@ -733,7 +753,7 @@ __device__ __forceinline__ void attn_simt(const FwdParams& p) {
     long long q_sb, long long q_sh, long long q_ss, long long k_sb, long long k_sh, long long k_ss, \
     long long v_sb, long long v_sh, long long v_ss, long long o_sb, long long o_sh, long long o_ss, \
     int batch, int hq, int hkv, int q_len, int kv_len, int d, int causal, int n_splits,       \
-    int tiles_per_split, double scale, float scale_log2
+    int tiles_per_split, int causal_chunks, double scale, float scale_log2
 
 #define CS_ATTN_FILL(P)                                                                        \
     csattn::FwdParams P;                                                                       \
@@ -743,6 +763,7 @@ __device__ __forceinline__ void attn_simt(const FwdParams& p) {
     P.v_sb = v_sb; P.v_sh = v_sh; P.v_ss = v_ss; P.o_sb = o_sb; P.o_sh = o_sh; P.o_ss = o_ss;  \
     P.batch = batch; P.hq = hq; P.hkv = hkv; P.q_len = q_len; P.kv_len = kv_len; P.d = d;     \
     P.causal = causal; P.n_splits = n_splits; P.tiles_per_split = tiles_per_split;             \
+    P.causal_chunks = causal_chunks;                                                           \
     P.scale = scale; P.scale_log2 = scale_log2;
 
 // Tensor cores: T in cs::half_t, cs::bf16_t; dynamic shared memory FwdCfg<...>::SMEM_BYTES.
