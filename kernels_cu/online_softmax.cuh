@@ -168,15 +168,6 @@ __device__ __forceinline__ void cp_async_commit() {
 template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
 }
-// The same for N = pending, 0..3, a constant once the caller's loop is unrolled.
-__device__ __forceinline__ void cp_async_wait(int pending) {
-    switch (pending) {
-        case 0: cp_async_wait<0>(); break;
-        case 1: cp_async_wait<1>(); break;
-        case 2: cp_async_wait<2>(); break;
-        default: cp_async_wait<3>(); break;
-    }
-}
 
 extern __shared__ __align__(16) unsigned char cs_dynamic_smem[];
 
@@ -190,9 +181,6 @@ template <typename T, int VEC, int THREADS, int NV, int HOLD> struct Chunk {   /
 #pragma unroll
         for (int i = 0; i < VEC; ++i) r[v * VEC + i] = e[i];
     }
-    static constexpr int GROUPS = 1;
-    __device__ __forceinline__ void end_group() const {}
-    __device__ __forceinline__ void wait_groups(int) const {}
     __device__ __forceinline__ void wait() const {}
     __device__ __forceinline__ void get(int v, A* a) const {
 #pragma unroll
@@ -223,17 +211,6 @@ struct Chunk<T, VEC, THREADS, NV, STAGED> {
             for (int i = 0; i < VEC; ++i) w.e[i] = e[i];
             *reinterpret_cast<uint4*>(slot(v)) = w.u;
         }
-    }
-    // The vectors arrive in GROUPS groups of consecutive ones (cp.async groups), so that
-    // the reduction can start on the first while the later are in flight.
-    static constexpr int GROUPS = VEC == 1 ? 1 : NV >= 8 ? 4 : NV >= 4 ? 2 : 1;
-    // Call after fetching the last vector of each group.
-    __device__ __forceinline__ void end_group() const {
-        if constexpr (VEC > 1) cp_async_commit();
-    }
-    // Until at most `pending` groups are in flight.
-    __device__ __forceinline__ void wait_groups(int pending) const {
-        if constexpr (VEC > 1) cp_async_wait(pending);
     }
     __device__ __forceinline__ void wait() const {
         if constexpr (VEC > 1) cp_async_wait_all();

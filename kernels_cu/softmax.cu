@@ -85,8 +85,6 @@ __device__ __forceinline__ void row_softmax(
         // rem: elements of the row from its first one on (clamped to the chunk: 32 bits).
         i64 rem64 = active ? n - j0 - (i64)lane * VEC : 0;
         const int rem = (int)(rem64 < CH ? rem64 : CH);
-        constexpr int GROUPS = decltype(stage)::GROUPS, GV = NV / GROUPS;
-        static_assert(NV % GROUPS == 0, "whole groups of vectors");
         if constexpr (VEC == 1) {                  // any element stride
             const T* p = xr + (j0 + lane) * xs1;
             const i64 step = (i64)tpr * xs1;
@@ -110,45 +108,36 @@ __device__ __forceinline__ void row_softmax(
                         e[i] = i < rem - off ? ldg(p + off + i) : raw_neg_inf<T>();
                     stage.put(v, e);
                 }
-                if (v % GV == GV - 1) stage.end_group();
             }
         }
+        stage.wait();
 
         State<A> st;
         if (mode == 2) {
-            stage.wait();
             st.m = active ? st_m[row] : A(0);
             st.s = active ? st_s[row] : A(1);
         } else {
-            // The thread's state, folded group by group as the groups land.  The sum
-            // takes the fast exp: the max adds 1, next to which a term below float32's
-            // normal range (which only exp_out keeps) adds nothing.
-            st = empty_state<A>();
+            A t = neg_inf<A>();
 #pragma unroll
-            for (int g = 0; g < GROUPS; ++g) {
-                stage.wait_groups(GROUPS - 1 - g);
-                A t = neg_inf<A>();
+            for (int v = 0; v < NV; ++v) {
+                A a[VEC];
+                stage.get(v, a);
 #pragma unroll
-                for (int v = g * GV; v < (g + 1) * GV; ++v) {
-                    A a[VEC];
-                    stage.get(v, a);
-#pragma unroll
-                    for (int i = 0; i < VEC; ++i) t = max_nf(t, a[i]);
-                }
-                const A m = max_nf(st.m, t);
-                const A sh = shift(m);
-                t = A(0);
-#pragma unroll
-                for (int v = g * GV; v < (g + 1) * GV; ++v) {
-                    A a[VEC];
-                    stage.get(v, a);
-#pragma unroll
-                    for (int i = 0; i < VEC; ++i) t = add_nf(t, exp_fast(a[i] - sh));
-                }
-                st.s = g == 0 ? t : add_nf(mul_nf(st.s, rescale(st.m, m)), t);
-                st.m = m;
+                for (int i = 0; i < VEC; ++i) t = max_nf(t, a[i]);
             }
-            st = group_allreduce_state<THREADS>(st, tpr, red_m, red_s);
+            st.m = group_allreduce<THREADS, MaxOp>(t, tpr, red_m);
+            const A sh = shift(st.m);
+            t = A(0);
+            // The sum takes the fast exp: the max adds 1, next to which a term below
+            // float32's normal range (which only exp_out keeps) adds nothing.
+#pragma unroll
+            for (int v = 0; v < NV; ++v) {
+                A a[VEC];
+                stage.get(v, a);
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) t = add_nf(t, exp_fast(a[i] - sh));
+            }
+            st.s = group_allreduce<THREADS, SumOp>(t, tpr, red_s);
             if (XCH == 1 && mode == 1) {           // block_row; item == row * G + c
                 if (tid == 0) { st_m[item] = st.m; st_s[item] = st.s; }
                 group_arrive_and_wait(counters + 2 * row, G);
