@@ -479,7 +479,7 @@ def _tc_ready(a):
 # this share of L2, each chunk's row blocks heaviest first (attention.cu, block_geometry).
 # H200, fp16 causal TFLOP/s against the launch order (bench/ATTENTION_NOTES.md, session 7):
 # D 128 S 1024 263 -> 270, S 4096 320 -> 341; D 64 S 4096 287 -> 304 (a share of 0.5: the
-# same; one chunk of every pair, which reads K/V from DRAM once per row block, loses).
+# same; a single chunk of all pairs, whose row blocks then read K/V from DRAM, loses).
 CAUSAL_CHUNK_L2_SHARE = 0.8
 
 
