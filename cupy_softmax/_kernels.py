@@ -104,13 +104,22 @@ COL_NORM_R = 4
 COL_NORM_ROW_BYTES = 4096
 
 
-def stats_unroll(itemsize, vec, has_b):
-    """Vectors in flight per thread and pass of the stats kernels (as in softmax.cu)."""
+def stats_epps(itemsize, vec, has_b):
+    """Elements a thread of the stats kernels has in flight per pass, one instance each,
+    the default first: 32 registers of them (16-bit ones packed two to a register in
+    16-byte vectors), 16 elements with weights (held as floats).  16-bit vectors also
+    have a row instance of 32 (fewer registers, more warps: see _cupy_backend._stats_epp;
+    the columns keep 64)."""
     if itemsize == 8:
-        e = 8 if has_b else 16
-    else:
-        e = 16 if has_b else (64 if itemsize == 2 and vec > 1 else 32)
-    return e // vec
+        return (8 if has_b else 16,)
+    if has_b:
+        return (16,)
+    return (64, 32) if itemsize == 2 and vec > 1 else (32,)
+
+
+def stats_unroll(itemsize, vec, has_b, epp=None):
+    """Vectors in flight per thread and pass of a stats instance (default: the first)."""
+    return (epp or stats_epps(itemsize, vec, has_b)[0]) // vec
 
 
 def vec_width(itemsize):
@@ -150,9 +159,10 @@ def instances(dtype_name):
             out.append(("CS_ROW_SOFTMAX", row_softmax_name(key, vec, threads, ept, xch, hold),
                         (ctype, vec, threads, ept, xch, HOLD_ENUM[hold], minb, cluster)))
         for has_b in (0, 1):
-            out.append(("CS_ROW_STATS", row_stats_name(key, vec, has_b),
-                        (ctype, vec, THREADS, "true" if has_b else "false",
-                         stats_min_blocks(itemsize, has_b))))
+            for epp in stats_epps(itemsize, vec, has_b):
+                out.append(("CS_ROW_STATS", row_stats_name(key, vec, has_b, epp),
+                            (ctype, vec, THREADS, "true" if has_b else "false", epp,
+                             stats_min_blocks(itemsize, has_b, packed_epp=epp if vec > 1 else None))))
         for r in COL_R[itemsize]:
             minb = col_softmax_min_blocks(itemsize, vec, r)
             out.append(("CS_COL_SOFTMAX", col_softmax_name(key, vec, r),
@@ -160,8 +170,9 @@ def instances(dtype_name):
         out.append(("CS_COL_NORMALIZE", col_normalize_name(key, vec),
                     (ctype, vec, THREADS, COL_NORM_R, min_blocks(THREADS, 0, 64))))
         for has_b in (0, 1):
-            out.append(("CS_COL_STATS", col_stats_name(key, vec, has_b),
-                        (ctype, vec, THREADS, "true" if has_b else "false",
+            epp = stats_epps(itemsize, vec, has_b)[0]
+            out.append(("CS_COL_STATS", col_stats_name(key, vec, has_b, epp),
+                        (ctype, vec, THREADS, "true" if has_b else "false", epp,
                          stats_min_blocks(itemsize, has_b, cols=True))))
     out.append(("CS_MERGE_STATES", merge_states_name(key), (ctype, THREADS)))
     return out
@@ -200,19 +211,22 @@ def col_softmax_min_blocks(itemsize, vec, r):
     return min_blocks(THREADS, col_softmax_smem(itemsize, vec, r), regs)
 
 
-def stats_min_blocks(itemsize, has_b, cols=False):
-    """row_stats: 64 registers (32 warps per SM) where that does not spill; col_stats 80."""
+def stats_min_blocks(itemsize, has_b, cols=False, packed_epp=None):
+    """row_stats: 64 registers (32 warps per SM) where that does not spill (16-bit: 80,
+    but 64 for 32 packed elements a pass); col_stats 80."""
     if itemsize == 8:
         return 2
-    return (3 if has_b or itemsize == 2 else 4) if not cols else 3
+    if cols:
+        return 3
+    return 3 if has_b or (itemsize == 2 and packed_epp != 32) else 4
 
 
 def row_softmax_name(key, vec, threads, ept, xch, hold):
     return f"row_softmax_{key}_v{vec}_t{threads}_e{ept}_x{xch}{hold}"
 
 
-def row_stats_name(key, vec, has_b):
-    return f"row_stats_{key}_v{vec}_b{int(has_b)}"
+def row_stats_name(key, vec, has_b, epp):
+    return f"row_stats_{key}_v{vec}_b{int(has_b)}_e{epp}"
 
 
 def col_softmax_name(key, vec, r):
@@ -223,8 +237,8 @@ def col_normalize_name(key, vec):
     return f"col_normalize_{key}_v{vec}"
 
 
-def col_stats_name(key, vec, has_b):
-    return f"col_stats_{key}_v{vec}_b{int(has_b)}"
+def col_stats_name(key, vec, has_b, epp):
+    return f"col_stats_{key}_v{vec}_b{int(has_b)}_e{epp}"
 
 
 def merge_states_name(key):

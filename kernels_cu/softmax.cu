@@ -182,13 +182,8 @@ __device__ __forceinline__ void row_softmax(
 }
 
 // ---------------------------------------------------------------- rows: state / logsumexp
-// Elements each thread has in flight per pass: 32 registers of them (16-bit ones packed
-// two to a register in 16-byte vectors), 16 elements with weights (held as floats).
-template <typename T, int VEC, bool HAS_B> struct StatsUnroll {
-    static constexpr int E = sizeof(T) == 8 ? (HAS_B ? 8 : 16)
-                           : HAS_B ? 16 : (sizeof(T) == 2 && VEC > 1 ? 64 : 32);
-    static constexpr int U = E / VEC;              // vectors (or scalars) per pass
-};
+// EPP: elements each thread has in flight per pass (the instances' choice, _kernels.py
+// stats_epps), EPP / VEC vectors (or scalars).
 
 // Write a finished state: (m, s) for out_kind 0, logsumexp (and sign) for out_kind 1.
 template <typename T, typename A>
@@ -207,7 +202,7 @@ __device__ __forceinline__ void write_state(State<A> st, i64 p, i64 out_kind, A*
 
 // G > 1: each block states a chunk of CH elements into wm/ws[c * rows + row]; the last
 // block of a row merges the G states (counter cnt[row]).
-template <typename T, int VEC, int THREADS, bool HAS_B>
+template <typename T, int VEC, int THREADS, bool HAS_B, int EPP>
 __device__ __forceinline__ void row_stats(
     const T* __restrict__ x, i64 xs0, i64 xs1, const T* __restrict__ b, i64 bs0, i64 bs1,
     i64 rows, i64 n, i64 tpr_, i64 G, i64 CH, i64 out_kind,
@@ -215,7 +210,7 @@ __device__ __forceinline__ void row_stats(
     typename AccOf<T>::type* wm, typename AccOf<T>::type* ws, unsigned* cnt)
 {
     typedef typename AccOf<T>::type A;
-    constexpr int U = StatsUnroll<T, VEC, HAS_B>::U;
+    constexpr int U = EPP / VEC;
     __shared__ A red_m[THREADS / 32], red_s[THREADS / 32];
     __shared__ int last_flag;
 
@@ -362,11 +357,11 @@ __device__ __forceinline__ void col_write(const Chunk<T, VEC, THREADS, R, HOLD>&
 
 // The states of this thread's VEC columns over rows [jb, je), streamed (weights b when
 // HAS_B) and reduced over the block: every thread of column tx gets them.
-template <typename T, int VEC, int THREADS, bool HAS_B, typename A>
+template <typename T, int VEC, int THREADS, bool HAS_B, int EPP, typename A>
 __device__ __forceinline__ void col_chunk_states(State<A>* st, const T* xo, i64 xs1, i64 xs2,
                                                  const T* bo, i64 bs1, i64 bs2, i64 inner, i64 i,
                                                  i64 jb, i64 je, const ColTile& t, A* rm) {
-    constexpr int U = StatsUnroll<T, VEC, HAS_B>::U;   // rows in flight per thread
+    constexpr int U = EPP / VEC;                    // rows in flight per thread
 #pragma unroll
     for (int e = 0; e < VEC; ++e) st[e] = empty_state<A>();
     for (i64 j = jb + t.ty; j < je; j += (i64)t.TY * U) {
@@ -527,7 +522,7 @@ __device__ __forceinline__ void col_normalize(
 // ---------------------------------------------------------------- columns: state / logsumexp
 // G > 1: each block states rows [c * CH, (c + 1) * CH) of its W columns into
 // wm/ws[c * P + column]; the last block of the column strip merges (counter cnt[grp]).
-template <typename T, int VEC, int THREADS, bool HAS_B>
+template <typename T, int VEC, int THREADS, bool HAS_B, int EPP>
 __device__ __forceinline__ void col_stats(
     const T* __restrict__ x, i64 xs0, i64 xs1, i64 xs2,
     const T* __restrict__ b, i64 bs0, i64 bs1, i64 bs2,
@@ -550,7 +545,7 @@ __device__ __forceinline__ void col_stats(
         const i64 jb = c * CH, je = n < jb + CH ? n : jb + CH;
 
         State<A> st[VEC];
-        col_chunk_states<T, VEC, THREADS, HAS_B>(st, xo, xs1, xs2, bo, bs1, bs2, inner, i, jb, je, t, rm);
+        col_chunk_states<T, VEC, THREADS, HAS_B, EPP>(st, xo, xs1, xs2, bo, bs1, bs2, inner, i, jb, je, t, rm);
         if (G == 1 || col_merge_chunks<THREADS, VEC>(st, wm, ws, c, G, P, o * inner + i, inner - i,
                                                      cnt + grp, &last_flag, rm, t)) {
             if (t.ty == 0) {
@@ -610,14 +605,15 @@ __device__ __forceinline__ void merge_states(
                                                          G, mode, log_, sm, ss, cnt);       \
     }
 
-#define CS_ROW_STATS(NAME, T, VEC, THREADS, HAS_B, MINB)                                    \
+#define CS_ROW_STATS(NAME, T, VEC, THREADS, HAS_B, EPP, MINB)                               \
     extern "C" __global__ void __launch_bounds__(THREADS, MINB) NAME(                       \
         const T* x, cs::i64 xs0, cs::i64 xs1, const T* b, cs::i64 bs0, cs::i64 bs1,         \
         cs::i64 rows, cs::i64 n, cs::i64 tpr, cs::i64 G, cs::i64 CH, cs::i64 out_kind,      \
         CS_ACC(T)* om, CS_ACC(T)* os, T* ov, T* osign, CS_ACC(T)* wm, CS_ACC(T)* ws,        \
         unsigned* cnt) {                                                                    \
-        cs::row_stats<T, VEC, THREADS, HAS_B>(x, xs0, xs1, b, bs0, bs1, rows, n, tpr, G,    \
-                                              CH, out_kind, om, os, ov, osign, wm, ws, cnt);\
+        cs::row_stats<T, VEC, THREADS, HAS_B, EPP>(x, xs0, xs1, b, bs0, bs1, rows, n, tpr,  \
+                                                   G, CH, out_kind, om, os, ov, osign, wm, ws, \
+                                                   cnt);                                    \
     }
 
 #define CS_COL_SOFTMAX(NAME, T, VEC, THREADS, R, MINB)                                      \
@@ -638,15 +634,15 @@ __device__ __forceinline__ void merge_states(
                                               txlog, log_, sm, ss);                         \
     }
 
-#define CS_COL_STATS(NAME, T, VEC, THREADS, HAS_B, MINB)                                    \
+#define CS_COL_STATS(NAME, T, VEC, THREADS, HAS_B, EPP, MINB)                               \
     extern "C" __global__ void __launch_bounds__(THREADS, MINB) NAME(                       \
         const T* x, cs::i64 xs0, cs::i64 xs1, cs::i64 xs2, const T* b, cs::i64 bs0,         \
         cs::i64 bs1, cs::i64 bs2, cs::i64 outer, cs::i64 n, cs::i64 inner, cs::i64 txlog,   \
         cs::i64 G, cs::i64 CH, cs::i64 out_kind, CS_ACC(T)* om, CS_ACC(T)* os, T* ov,        \
         T* osign, CS_ACC(T)* wm, CS_ACC(T)* ws, unsigned* cnt) {                            \
-        cs::col_stats<T, VEC, THREADS, HAS_B>(x, xs0, xs1, xs2, b, bs0, bs1, bs2, outer, n, \
-                                              inner, txlog, G, CH, out_kind, om, os, ov,    \
-                                              osign, wm, ws, cnt);                          \
+        cs::col_stats<T, VEC, THREADS, HAS_B, EPP>(x, xs0, xs1, xs2, b, bs0, bs1, bs2,      \
+                                                   outer, n, inner, txlog, G, CH, out_kind, \
+                                                   om, os, ov, osign, wm, ws, cnt);         \
     }
 
 #define CS_MERGE_STATES(NAME, T, THREADS)                                                   \

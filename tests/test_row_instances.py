@@ -1,4 +1,5 @@
-"""Every row_softmax instance of the size table, on the GPU, in every role.
+"""Every row_softmax instance of the size table, on the GPU, in every role (and every
+row_stats instance: elements a pass, as (sub-)warp rows, block rows and split rows).
 
 The table picks one instance per row length, and test_special's size sweep runs 1 and
 3 rows, so an instance would otherwise run only at the sizes that select it.  Here each
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import cupy_softmax as cs
-from _helpers import CUPY, CUPY_SKIP_REASON, assert_close, dtype_of, ref_softmax
+from _helpers import CUPY, CUPY_SKIP_REASON, assert_close, dtype_of, ref_logsumexp, ref_softmax
 
 pytestmark = pytest.mark.skipif(CUPY is None, reason=str(CUPY_SKIP_REASON))
 
@@ -61,3 +62,31 @@ def test_row_softmax_instance(dtype_name, tune, n, monkeypatch):
     st = cs.partial_state(x, axis=-1)
     assert_close(cs.softmax_from_state(x, st, axis=-1), ref_p, dtype, "prob",
                  what=f"softmax_from_state {tune}")
+
+
+def _stats_cases():
+    from cupy_softmax import _kernels as K
+    out = []
+    for itemsize, names in DTYPES.items():
+        for epp in K.stats_epps(itemsize, K.vec_width(itemsize), False):
+            for name in names:
+                # rows of a (sub-)warp, one pass and several; block rows; split rows
+                for rows, n, G in ((600, 125, 1), (600, 4099, 1), (3, 70001, 1), (3, 70001, 5)):
+                    out.append(pytest.param(name, epp, rows, n, G, id=f"{name}-e{epp}-{rows}x{n}-G{G}"))
+    return out
+
+
+@pytest.mark.parametrize("dtype_name, epp, rows, n, G", _stats_cases())
+def test_row_stats_instance(dtype_name, epp, rows, n, G, monkeypatch):
+    from cupy_softmax import _cupy_backend
+    dtype = dtype_of(dtype_name)
+    rng = np.random.default_rng(n + G)
+    x_np = (rng.standard_normal((rows, n)) * 4).astype(dtype)
+    x_np[1, n // 3] = 40            # one large entry
+    x_np[2, :] = -np.inf            # a row with no finite entry
+    x = CUPY.asarray(x_np)
+    monkeypatch.setitem(_cupy_backend.TUNE, "stats_epp", epp)
+    monkeypatch.setitem(_cupy_backend.TUNE, "stats_G", G)     # block rows: unsplit, or G chunks
+    for _ in range(2):              # split rows: the counters must be zero again
+        assert_close(cs.logsumexp(x, axis=-1), ref_logsumexp(x_np, axis=-1), dtype, "log",
+                     what=f"logsumexp e{epp}")
