@@ -141,7 +141,7 @@ __device__ __forceinline__ Geometry block_geometry(const FwdParams& p) {
 }
 
 // ------------------------------------------------------------------ merging partial states
-// One warp merges one row of d <= 256 values from nparts partial results (o_p normalised,
+// One warp merges one row of d <= 32 * MAXC values from nparts partial results (o_p normalised,
 // lse_p natural log), by the state rule of online_softmax.cuh:
 //     M = max_p lse_p,  w_p = rescale(lse_p, M),  o = sum w_p o_p / sum w_p,  lse = shift(M) + log sum w_p
 // A part with lse = -inf contributes nothing, whatever its o_p holds (its value is replaced
@@ -150,17 +150,19 @@ __device__ __forceinline__ Geometry block_geometry(const FwdParams& p) {
 // up to PB parts costs one memory latency (the o loads do not wait for the weights); each
 // further PB parts cost one more.  The first group's part indices are constants, so a
 // caller's part lookup (a switch over kernel arguments) folds away.  CG: read through L2
-// only (partials written by other blocks of the same launch).
+// only (partials written by other blocks of the same launch).  MAXC (columns a lane) as
+// small as the head dim allows: the split finish is on the decode's critical path, and
+// D = 128 needs half the loads and products of d <= 256.
 template <bool CG, typename TP>
 __device__ __forceinline__ TP load_part(const TP* p) {
     if constexpr (CG) return cs::ld_cg(p);
     else return *p;
 }
 
-template <typename TP, typename TO, typename A, bool CG, typename GetO, typename GetL>
+template <typename TP, typename TO, typename A, bool CG, int MAXC, typename GetO, typename GetL>
 __device__ __forceinline__ void merge_row(int nparts, GetO get_o, GetL get_l, TO* out, A* lse_out,
                                           int d, int lane) {
-    constexpr int MAXC = 8, PB = 8;                      // 256 / 32 columns a lane; parts in flight
+    constexpr int PB = 8;                                // parts in flight
     const A ninf = cs::neg_inf<A>();
     // As loaded (16-bit values converted only where used: a conversion right after
     // each load would make the next load wait for it).
@@ -233,7 +235,7 @@ __device__ __forceinline__ OutRow<TO, A> out_row(void* o_, void* lse_, i64 o_sb,
 // to arrive merges the partials into the output (counter pattern of CUDA's
 // threadFenceReduction sample; the last block resets the counter, so the buffer stays
 // zeroed for the next launch).
-template <typename TO, typename A, int THREADS>
+template <typename TO, typename A, int THREADS, int MAXC>
 __device__ __noinline__ void finish_splits(void* o_, void* lse_, const void* o_part_, const void* lse_part_,
                                            unsigned* counters, i64 o_sb, i64 o_sh, i64 o_ss,
                                            int batch, int hq, int hkv, int q_len, int d, int n_splits,
@@ -260,16 +262,16 @@ __device__ __noinline__ void finish_splits(void* o_, void* lse_, const void* o_p
         const int r = r0 + rl;
         if (r >= R) break;
         const OutRow<TO, A> dst = out_row<TO, A>(o_, lse_, o_sb, o_sh, o_ss, hq, q_len, r, G, hk, b);
-        merge_row<A, TO, A, true>(
+        merge_row<A, TO, A, true, MAXC>(
             n_splits, [&](int pi) { return op + (pi * pstride + dst.row) * d; },
             [&](int pi) { return lp + pi * pstride + dst.row; }, dst.o, dst.lse, d, lane);
     }
 }
 
-template <typename TO, typename A, int THREADS>
+template <typename TO, typename A, int THREADS, int MAXC>
 __device__ __forceinline__ void finish_splits(const FwdParams& p, int r0, int rows_in_block, int R,
                                               int G, int hk, int b) {
-    finish_splits<TO, A, THREADS>(p.o, p.lse, p.o_part, p.lse_part, p.counters, p.o_sb, p.o_sh, p.o_ss,
+    finish_splits<TO, A, THREADS, MAXC>(p.o, p.lse, p.o_part, p.lse_part, p.counters, p.o_sb, p.o_sh, p.o_ss,
                                   p.batch, p.hq, p.hkv, p.q_len, p.d, p.n_splits, r0, rows_in_block,
                                   R, G, hk, b);
 }
@@ -279,7 +281,7 @@ __device__ __forceinline__ void finish_splits(const FwdParams& p, int r0, int ro
 // part_l [rows]); after a cluster barrier, rows are shared out over the cluster's warps
 // and merged from the peers' shared memory.  No global partials, no atomics: about the
 // two L2 round trips of finish_splits less at the end of the kernel.
-template <typename TO, int CL, int THREADS>
+template <typename TO, int CL, int THREADS, int MAXC>
 __device__ __forceinline__ void finish_splits_on_chip(const FwdParams& p, float* part_o, float* part_l,
                                                       int ld, int rank, int r0, int rows_in_block,
                                                       int R, int G, int hk, int b) {
@@ -292,7 +294,7 @@ __device__ __forceinline__ void finish_splits_on_chip(const FwdParams& p, float*
         const OutRow<TO, float> dst = out_row<TO, float>(p.o, p.lse, p.o_sb, p.o_sh, p.o_ss, p.hq, p.q_len,
                                                          r, G, hk, b);
         // (ranks clamped: merge_row may form the address of a part past CL, never load it)
-        merge_row<float, TO, float, false>(
+        merge_row<float, TO, float, false, MAXC>(
             CL, [&](int pi) { return cs::peer_ptr(part_o + rl * ld, imin(pi, CL - 1)); },
             [&](int pi) { return cs::peer_ptr(part_l + rl, imin(pi, CL - 1)); }, dst.o, dst.lse, p.d, lane);
     }
@@ -309,7 +311,10 @@ struct FwdCfg {
     static constexpr int CPR = D / 8;                    // 16-byte chunks per row
     static constexpr int Q_ELEMS = BM * D, KV_ELEMS = BN * D;
     static constexpr int SMEM_BYTES = (Q_ELEMS + 2 * STAGES * KV_ELEMS) * 2;
-    static constexpr int RED_FLOATS = WN > 1 ? WN * BM * D + 2 * WN * BM : 0;
+    // the warps' merge: rows padded by 8 floats, so that a quad's float2 stores of 8 rows
+    // fall in distinct banks
+    static constexpr int RED_LD = D + 8;
+    static constexpr int RED_FLOATS = WN > 1 ? WN * BM * RED_LD + 2 * WN * BM : 0;
     static constexpr int PART_FLOATS = WN > 1 ? BM * D + BM : 0;   // the on-chip split finish
     static_assert(D % 64 == 0, "D: 64, 128 or 256 (the swizzle needs 8 chunks a row)");
     static_assert(BNW % 16 == 0, "BNW: a multiple of 16");
@@ -548,39 +553,34 @@ __device__ __forceinline__ void attn_fwd(const FwdParams& p) {
     } else {
         // ---- WN warps hold partial states of the same rows: merge them in shared memory
         __syncthreads();                                   // K/V buffers are free now
-        float* red = reinterpret_cast<float*>(smem_raw + C::Q_ELEMS * 2);   // [WN][BM][D]
-        float* red_m = red + WN * BM * D;                                   // [WN][BM]
+        constexpr int LD = C::RED_LD;
+        float* red = reinterpret_cast<float*>(smem_raw + C::Q_ELEMS * 2);   // [WN][BM][LD]
+        float* red_m = red + WN * BM * LD;                                  // [WN][BM]
         float* red_l = red_m + WN * BM;
         float* part_o = red_l + WN * BM;                                    // [BM][D]
         float* part_l = part_o + BM * D;                                    // [BM]
+        // Each warp publishes its raw rows and their (m, l); the rescaling happens in the
+        // merge below, so that one barrier separates the two.  Only the block's valid rows
+        // are merged: a decode block often holds one query row of its 16.
+        const int rows_here = imin(BM, R - g.r0);
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const float l = quad_sum(st.l[mi][h]);
                 const int rl = wm * 16 * MI + mi * 16 + (lane >> 2) + 8 * h;
+                if (rl >= rows_here) continue;
                 if ((lane & 3) == 0) { red_m[wn * BM + rl] = st.m[mi][h]; red_l[wn * BM + rl] = l; }
-            }
-        __syncthreads();
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int rl = wm * 16 * MI + mi * 16 + (lane >> 2) + 8 * h;
-                float M = cs::neg_inf<float>();
-#pragma unroll
-                for (int w = 0; w < WN; ++w) M = fmaxf(M, red_m[w * BM + rl]);
-                const float f = rescale_factor(st.m[mi][h], shift_scaled(M, sl2), sl2);
-                float* dst = red + (wn * BM + rl) * D + 2 * (lane & 3);
+                float* dst = red + (wn * BM + rl) * LD + 2 * (lane & 3);
 #pragma unroll
                 for (int dt = 0; dt < DT; ++dt)
-                    *reinterpret_cast<float2*>(dst + dt * 8) = make_float2(O[mi][dt][2 * h] * f, O[mi][dt][2 * h + 1] * f);
+                    *reinterpret_cast<float2*>(dst + dt * 8) = make_float2(O[mi][dt][2 * h], O[mi][dt][2 * h + 1]);
             }
         __syncthreads();
-        for (int e = tid; e < BM * D / 2; e += C::THREADS) {
+        for (int e = tid; e < rows_here * D / 2; e += C::THREADS) {
             const int rl = (2 * e) / D, col = (2 * e) % D;
             const int r = g.r0 + rl;
-            if (r >= R || col >= p.d) continue;
+            if (col >= p.d) continue;
             float M = cs::neg_inf<float>();
 #pragma unroll
             for (int w = 0; w < WN; ++w) M = fmaxf(M, red_m[w * BM + rl]);
@@ -588,9 +588,10 @@ __device__ __forceinline__ void attn_fwd(const FwdParams& p) {
             float l = 0.0f, o0 = 0.0f, o1 = 0.0f;
 #pragma unroll
             for (int w = 0; w < WN; ++w) {
-                l += red_l[w * BM + rl] * rescale_factor(red_m[w * BM + rl], ms, sl2);
-                const float2 v = *reinterpret_cast<const float2*>(red + (w * BM + rl) * D + col);
-                o0 += v.x; o1 += v.y;
+                const float f = rescale_factor(red_m[w * BM + rl], ms, sl2);
+                const float2 v = *reinterpret_cast<const float2*>(red + (w * BM + rl) * LD + col);
+                l += red_l[w * BM + rl] * f;
+                o0 += v.x * f; o1 += v.y * f;
             }
             const bool empty = (l == 0.0f);
             const float inv = empty ? 0.0f : 1.0f / l;
@@ -612,11 +613,11 @@ __device__ __forceinline__ void attn_fwd(const FwdParams& p) {
             }
         }
         // blockIdx.z = b * CL + split is cluster rank `split` (cluster dims (1, 1, CL))
-        if constexpr (ON_CHIP) finish_splits_on_chip<T, SPLIT, C::THREADS>(p, part_o, part_l, D, g.split,
+        if constexpr (ON_CHIP) finish_splits_on_chip<T, SPLIT, C::THREADS, D / 32>(p, part_o, part_l, D, g.split,
                                                                            g.r0, BM, R, G, g.hk, g.b);
     }
     if constexpr (!ON_CHIP)
-        if (split_out) finish_splits<T, float, C::THREADS>(p, g.r0, BM, R, G, g.hk, g.b);
+        if (split_out) finish_splits<T, float, C::THREADS, D / 32>(p, g.r0, BM, R, G, g.hk, g.b);
 }
 
 // ------------------------------------------------------------------ SIMT kernel (float32 / float64)
@@ -740,7 +741,7 @@ __device__ __forceinline__ void attn_simt(const FwdParams& p) {
         if (sub == 0) reinterpret_cast<A*>(p.lse_part)[prow] = lse;
     }
     }
-    if (p.n_splits > 1) finish_splits<A, A, C::THREADS>(p, g.r0, BQ, R, G, g.hk, g.b);
+    if (p.n_splits > 1) finish_splits<A, A, C::THREADS, DP / 32>(p, g.r0, BQ, R, G, g.hk, g.b);
 }
 
 }  // namespace csattn

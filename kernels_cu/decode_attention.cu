@@ -31,7 +31,7 @@ __device__ __forceinline__ void merge_stacked(const TP* o, const A* l, int npart
     const int lane = threadIdx.x & 31;
     const i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= rows) return;
-    merge_row<TP, TO, A, false>(
+    merge_row<TP, TO, A, false, 8>(
         nparts, [&](int pi) { return o + pi * so + row * d; }, [&](int pi) { return l + pi * sl + row; },
         out + row * d, lse_out ? lse_out + row : (A*)0, d, lane);
 }
@@ -58,7 +58,7 @@ __device__ __forceinline__ void merge_list(const TP* o0, const TP* o1, const TP*
             case 4: return l4; case 5: return l5; case 6: return l6; default: return l7;
         }
     };
-    merge_row<TP, TO, A, false>(
+    merge_row<TP, TO, A, false, 8>(
         nparts, [&](int pi) { return get_o(pi) + row * d; }, [&](int pi) { return get_l(pi) + row; },
         out + row * d, lse_out + row, d, lane);
 }
