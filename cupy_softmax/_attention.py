@@ -84,10 +84,19 @@ DECODE = {
     128: TCConfig(128, 1, 1, 4, 32, 3, 1),
     256: TCConfig(256, 1, 1, 4, 16, 2, 1),
 }
-# D = 128 decode with enough (batch, kv head, row block) blocks for two waves and more:
-# two blocks an SM, no split (hides each block's start and end behind the other's).
+# D = 128 decode with enough (batch, kv head, row block) blocks for two waves and more,
+# and more than one packed row a block: two blocks an SM, no split (hides each block's
+# start and end, with its merge of several rows, behind the other's).  With one row a
+# block, one block an SM streams faster (H200, session 9: MHA (16, 8192) 4490 against
+# 4455 GB/s, (64, 4096) 4567 against 4525; GQA (64, 4096) 4386 against 4401).
 DECODE_WIDE = {128: TCConfig(128, 1, 1, 4, 16, 3, 2)}
 DECODE_MAX_Q = 16
+# Decode grids of 2 to DECODE_MIN_WAVES waves split their keys further (into pieces of at
+# least DECODE_MIN_SPLIT_TILES tiles) until they reach that many waves: the hardware then
+# hands the fast multiprocessors more blocks, and the last wave is a smaller share (H200,
+# MHA (16, 32768): 4 splits 4570 GB/s against 4512 unsplit in 3.9 waves).
+DECODE_MIN_WAVES = 12
+DECODE_MIN_SPLIT_TILES = 64
 # Split counts whose splits merge on chip (sm_90): the splits of a row block are one
 # thread-block cluster and merge through distributed shared memory (portable sizes), which
 # saves 1.2-2.7 us of the global finish (H200, bench/ATTENTION_NOTES.md, session 5).  When
@@ -501,7 +510,7 @@ def _launch_plan(device, name, B, Hkv, G, Lq, Lk, d_run, causal, tune):
         D = _tile_d(d_run)
         if Lq <= DECODE_MAX_Q:
             cfg = TUNE.get("decode", DECODE)[D]
-            if ("decode" not in TUNE and D in DECODE_WIDE
+            if ("decode" not in TUNE and D in DECODE_WIDE and G * Lq > 1
                     and _cdiv(G * Lq, 16) * Hkv * B >= 2 * _sm_count()):
                 cfg = DECODE_WIDE[D]
             # two 16-row tiles when the packed rows need them (their partial outputs must
@@ -530,6 +539,12 @@ def _launch_plan(device, name, B, Hkv, G, Lq, Lk, d_run, causal, tune):
     n_tiles = _cdiv(Lk, BN)
     capacity = _blocks_per_sm(fn, kname, threads, smem) * _sm_count()
     n_splits, tps = _choose_splits(blocks, n_tiles, capacity)
+    if (tc and Lq <= DECODE_MAX_Q and n_splits == 1 and "splits" not in TUNE
+            and 2 * capacity <= blocks < DECODE_MIN_WAVES * capacity):
+        s = min(_cdiv(DECODE_MIN_WAVES * capacity, blocks), n_tiles // DECODE_MIN_SPLIT_TILES)
+        if s >= 2:
+            tps = _cdiv(n_tiles, s)
+            n_splits = _cdiv(n_tiles, tps)
     if tc and n_splits == 1 and cfg.WN == 1:
         fn = _get_kernel(tc_kernel_name(name, cfg, 0), tc_kernel_line(name, cfg, 0), smem)
     elif tc and cfg.WN > 1 and n_splits > 1 and TUNE.get("on_chip", True):

@@ -210,6 +210,29 @@ def test_forced_splits(xp, dtype, splits, monkeypatch):
         check_attention(out, lse, *ref, q.dtype, score_magnitude(q, k), v, what=f"splits={splits}")
 
 
+
+def test_multi_wave_decode_splits(xp, monkeypatch):
+    """A decode grid of a few waves splits its keys until it has DECODE_MIN_WAVES waves
+    (pieces of at least DECODE_MIN_SPLIT_TILES tiles); shown on a GPU that reports 4
+    multiprocessors, so that 8 heads make two waves."""
+    if not is_cupy(xp):
+        pytest.skip("GPU only")
+    from cupy_softmax import _attention
+    monkeypatch.setattr(_attention, "_sm_count", lambda: 4)
+    _attention._launch_plan.cache_clear()
+    try:
+        B, Hq, Hkv, Lk, d = 1, 8, 8, 2 * _attention.DECODE_MIN_SPLIT_TILES * 128 + 5, 128
+        rng = np.random.default_rng(29)
+        q, k, v = qkv(xp, rng, B, Hq, Hkv, 1, Lk, d, "float16")
+        plan = _attention._launch_plan(xp.cuda.runtime.getDevice(), "float16", B, Hkv, 1, 1, Lk, d,
+                                       False, repr(_attention.TUNE))
+        assert plan[4] == 2, plan
+        out, lse = attention(q, k, v, return_lse=True)
+        check_attention(out, lse, *ref_attention(q, k, v), q.dtype, score_magnitude(q, k), v,
+                        what="multi-wave split")
+    finally:
+        _attention._launch_plan.cache_clear()
+
 # The on-chip split finish (a cluster of n_splits blocks merging through distributed shared
 # memory, sm_90): it must give the float64 reference's answer and, since it merges the same
 # parts in the same order with the same arithmetic, bit for bit the global finish's.
