@@ -87,8 +87,8 @@ DECODE = {
 # D = 128 decode with enough (batch, kv head, row block) blocks for two waves and more,
 # and more than one packed row a block: two blocks an SM, no split (hides each block's
 # start and end, with its merge of several rows, behind the other's).  With one row a
-# block, one block an SM streams faster (H200, session 9: MHA (16, 8192) 4490 against
-# 4455 GB/s, (64, 4096) 4567 against 4525; GQA (64, 4096) 4386 against 4401).
+# block, one block an SM streams faster (H200, session 9, GB/s one / two an SM: MHA
+# (16, 8192) 4490 / 4455, (64, 4096) 4567 / 4525; GQA (64, 4096), 4 rows, 4386 / 4401).
 DECODE_WIDE = {128: TCConfig(128, 1, 1, 4, 16, 3, 2)}
 DECODE_MAX_Q = 16
 # Decode grids of 2 to DECODE_MIN_WAVES waves split their keys further (into pieces of at
@@ -429,14 +429,19 @@ def _cdiv(a, b):
     return -(-a // b)
 
 
-def _choose_splits(blocks, n_tiles, capacity):
+def _choose_splits(blocks, n_tiles, capacity, decode):
     """(n_splits, tiles per split): split the key tiles of each (batch, kv head, row block)
     over several blocks when the grid alone does not fill the GPU.  Among the split counts
     that keep at least 2 tiles a split, take the one whose grid fills its last wave best
-    (ties: fewer splits)."""
+    (ties: fewer splits).  A decode grid of 2 to DECODE_MIN_WAVES waves splits into pieces
+    of at least DECODE_MIN_SPLIT_TILES tiles, up to that many waves."""
     forced = TUNE.get("splits")
     if forced:
         s = max(1, min(int(forced), n_tiles))
+        tps = _cdiv(n_tiles, s)
+        return _cdiv(n_tiles, tps), tps
+    if decode and 2 * capacity <= blocks < DECODE_MIN_WAVES * capacity:
+        s = max(1, min(_cdiv(DECODE_MIN_WAVES * capacity, blocks), n_tiles // DECODE_MIN_SPLIT_TILES))
         tps = _cdiv(n_tiles, s)
         return _cdiv(n_tiles, tps), tps
     if blocks >= 0.9 * capacity or n_tiles <= 1:
@@ -538,13 +543,7 @@ def _launch_plan(device, name, B, Hkv, G, Lq, Lk, d_run, causal, tune):
     blocks = row_blocks * Hkv * B
     n_tiles = _cdiv(Lk, BN)
     capacity = _blocks_per_sm(fn, kname, threads, smem) * _sm_count()
-    n_splits, tps = _choose_splits(blocks, n_tiles, capacity)
-    if (tc and Lq <= DECODE_MAX_Q and n_splits == 1 and "splits" not in TUNE
-            and 2 * capacity <= blocks < DECODE_MIN_WAVES * capacity):
-        s = min(_cdiv(DECODE_MIN_WAVES * capacity, blocks), n_tiles // DECODE_MIN_SPLIT_TILES)
-        if s >= 2:
-            tps = _cdiv(n_tiles, s)
-            n_splits = _cdiv(n_tiles, tps)
+    n_splits, tps = _choose_splits(blocks, n_tiles, capacity, tc and Lq <= DECODE_MAX_Q)
     if tc and n_splits == 1 and cfg.WN == 1:
         fn = _get_kernel(tc_kernel_name(name, cfg, 0), tc_kernel_line(name, cfg, 0), smem)
     elif tc and cfg.WN > 1 and n_splits > 1 and TUNE.get("on_chip", True):

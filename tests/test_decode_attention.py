@@ -210,6 +210,18 @@ def test_forced_splits(xp, dtype, splits, monkeypatch):
         check_attention(out, lse, *ref, q.dtype, score_magnitude(q, k), v, what=f"splits={splits}")
 
 
+def test_split_rules():
+    """The split counts the benchmark's decode shapes get on a GPU of 132 multiprocessors
+    (blocks, key tiles, resident blocks): fill one wave; cut a few waves of long streams
+    into more; leave many waves, short streams and prefill alone."""
+    from cupy_softmax._attention import _choose_splits
+    assert _choose_splits(32, 64, 132, True) == (4, 16)         # MHA (1, 8192)
+    assert _choose_splits(512, 256, 132, True) == (4, 64)       # MHA (16, 32768): 15.5 waves
+    assert _choose_splits(512, 64, 132, True) == (1, 64)        # MHA (16, 8192): pieces too short
+    assert _choose_splits(2048, 32, 132, True) == (1, 32)       # MHA (64, 4096): 15.5 waves
+    assert _choose_splits(128, 256, 132, True) == (1, 256)      # GQA (16, 32768): one wave
+    assert _choose_splits(512, 256, 132, False) == (1, 256)     # not a decode grid
+
 
 def test_multi_wave_decode_splits(xp, monkeypatch):
     """A decode grid of a few waves splits its keys until it has DECODE_MIN_WAVES waves
@@ -232,6 +244,7 @@ def test_multi_wave_decode_splits(xp, monkeypatch):
                         what="multi-wave split")
     finally:
         _attention._launch_plan.cache_clear()
+
 
 # The on-chip split finish (a cluster of n_splits blocks merging through distributed shared
 # memory, sm_90): it must give the float64 reference's answer and, since it merges the same
