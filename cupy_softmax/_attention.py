@@ -8,8 +8,9 @@ chunks from their log-sum-exps, which is the merge of their states.
 
 NumPy inputs run the blocked NumPy implementation below (also the reference for the CPU
 tests); CuPy inputs run the kernels of ``kernels_cu/attention.cu`` (tensor cores for
-float16 / bfloat16, a SIMT kernel for float32 / float64) and ``kernels_cu/decode_attention.cu``
-(split-KV decoding and the merge).
+float16 / bfloat16, a SIMT kernel for float32 / float64), ``kernels_cu/attention_wgmma.cu``
+(the prefill on Hopper's warpgroup MMA, compiled for sm_90a) and
+``kernels_cu/decode_attention.cu`` (split-KV decoding and the merge).
 
 The top part (configuration tables, kernel names, module sources) is plain Python and
 importable without CuPy, so that a compile check can build every instance with nvcc:
@@ -66,6 +67,34 @@ class TCConfig(NamedTuple):
         return (self.BM * self.D + 2 * self.STAGES * self.BN * self.D) * 2
 
 
+class WGConfig(NamedTuple):
+    """The Hopper prefill kernel (attention_wgmma.cu, wgmma): WGS warpgroups of 64 rows a
+    block sharing its K/V tiles, BN keys a tile, STAGES K/V buffers, Q in registers (QREG)
+    or shared memory, MINB blocks an SM for __launch_bounds__."""
+    D: int
+    BN: int
+    STAGES: int
+    QREG: bool
+    WGS: int
+    MINB: int
+
+    WN = 1
+
+    @property
+    def threads(self):
+        return 128 * self.WGS
+
+    @property
+    def BM(self):
+        return 64 * self.WGS
+
+    @property
+    def smem(self):
+        # + 1024: the kernel aligns its tiles to the 1024-byte swizzle atom
+        q_tile = 0 if self.QREG else self.BM * self.D
+        return (q_tile + 2 * self.STAGES * self.BN * self.D) * 2 + 1024
+
+
 # Long queries: 4 warps of 32 rows (16 for D = 256, and for short causal D = 64) share
 # each K/V tile.  Chosen from the device sweeps recorded in bench/ATTENTION_NOTES.md.
 PREFILL = {
@@ -73,6 +102,20 @@ PREFILL = {
     128: TCConfig(128, 2, 4, 1, 64, 2, 2),
     256: TCConfig(256, 1, 4, 1, 32, 2, 2),
 }
+# On compute capability 9.0 (wgmma), head dims 64 and 128 take the warpgroup kernel:
+# non-causal D = 128 with two warpgroups a block sharing the K/V tiles (half the L2 reads),
+# causal with one (less work above the diagonal) and Q in registers (3 blocks an SM); short
+# causal D = 64 with 64-key tiles (4 blocks an SM).  H200 sweeps: bench/ATTENTION_NOTES.md,
+# session 10.
+PREFILL_WG = {
+    64: WGConfig(64, 128, 2, False, 1, 3),
+    128: WGConfig(128, 64, 2, False, 2, 2),
+}
+PREFILL_WG_CAUSAL = {
+    64: WGConfig(64, 128, 2, False, 1, 3),
+    128: WGConfig(128, 64, 2, True, 1, 3),
+}
+PREFILL_WG_64_SHORT_CAUSAL = WGConfig(64, 64, 2, False, 1, 4)
 # causal D = 64 with up to this many keys: smaller blocks (64 rows), 4 blocks an SM
 PREFILL_64_SHORT_CAUSAL = TCConfig(64, 1, 4, 1, 64, 2, 4)
 SHORT_CAUSAL_MAX_K = 2048
@@ -112,8 +155,11 @@ ON_CHIP_MAX_TILES = 16
 CANDIDATES = {
     "prefill": {
         64: [TCConfig(64, 2, 4, 1, 128, 2, 2), TCConfig(64, 2, 4, 1, 64, 2, 2),
-             TCConfig(64, 1, 4, 1, 64, 2, 4)],
-        128: [TCConfig(128, 2, 4, 1, 64, 2, 2), TCConfig(128, 2, 4, 1, 32, 3, 2)],
+             TCConfig(64, 1, 4, 1, 64, 2, 4), WGConfig(64, 128, 2, False, 1, 3),
+             WGConfig(64, 64, 2, False, 1, 4), WGConfig(64, 128, 2, False, 2, 2)],
+        128: [TCConfig(128, 2, 4, 1, 64, 2, 2), TCConfig(128, 2, 4, 1, 32, 3, 2),
+              WGConfig(128, 64, 2, False, 2, 2), WGConfig(128, 64, 2, True, 1, 3),
+              WGConfig(128, 128, 2, False, 2, 1)],
     },
     "decode": {
         128: [TCConfig(128, 1, 1, 4, 32, 3, 1), TCConfig(128, 1, 1, 4, 16, 3, 2),
@@ -126,8 +172,8 @@ CANDIDATES = {
 SIMT_DP = (64, 128, 256)
 SIMT_BK = 16
 
-# Overrides for benchmarks and tests ("prefill" / "decode": {D: TCConfig}, "splits": int,
-# "on_chip": False to merge every split through global memory).
+# Overrides for benchmarks and tests ("prefill": {D: TCConfig or WGConfig}, "decode": {D:
+# TCConfig}, "splits": int, "on_chip": False to merge every split through global memory).
 TUNE = {}
 
 _CTYPES = {"float16": ("f16", "cs::half_t"), "bfloat16": ("bf16", "cs::bf16_t"),
@@ -156,6 +202,27 @@ def tc_kernel_line(dtype_name, cfg, split=1):
             f"{c.D}, {c.MI}, {c.WM}, {c.WN}, {c.BNW}, {c.STAGES}, {c.MINB}, {int(split)}, {cluster})")
 
 
+def wg_kernel_name(dtype_name, cfg, split=1):
+    tail = "_x" if split else ""
+    q = "r" if cfg.QREG else "s"
+    return (f"attn_wg_{_CTYPES[dtype_name][0]}_d{cfg.D}_w{cfg.WGS}_n{cfg.BN}_s{cfg.STAGES}{q}"
+            f"_b{cfg.MINB}{tail}")
+
+
+def wg_kernel_line(dtype_name, cfg, split=1):
+    """split: 0 the instance without split code, 1 the one that may split the keys."""
+    return (f"CS_ATTN_WG({wg_kernel_name(dtype_name, cfg, split)}, {_CTYPES[dtype_name][1]}, "
+            f"{cfg.D}, {cfg.BN}, {cfg.STAGES}, {str(bool(cfg.QREG)).lower()}, {cfg.WGS}, {cfg.MINB}, "
+            f"{int(bool(split))})")
+
+
+def prefill_kernel(dtype_name, cfg, split):
+    """(entry-point name, instance line) of a prefill config of either kernel."""
+    if isinstance(cfg, WGConfig):
+        return wg_kernel_name(dtype_name, cfg, split), wg_kernel_line(dtype_name, cfg, split)
+    return tc_kernel_name(dtype_name, cfg, split), tc_kernel_line(dtype_name, cfg, split)
+
+
 def simt_smem(dtype_name, dp, bk=SIMT_BK):
     size = 8 if dtype_name == "float64" else 4
     return (16 * (dp + 1) + bk * (dp + 1) + bk * dp + 16 * (bk + 1)) * size
@@ -180,18 +247,29 @@ def merge_kernel_line(kind, part, out, acc):
     return f"{macro}({merge_kernel_name(kind, part, out, acc)}, {k[part][1]}, {k[out][1]}, {k[acc][1]})"
 
 
+WGMMA_ARCH = "sm_90a"
+
+
 def module_source(*lines):
-    """NVRTC source of the given instance lines (one at run time; all of them in CI's check)."""
-    return '#include "decode_attention.cu"\n' + "\n".join(lines) + "\n"
+    """NVRTC source of the given instance lines (one at run time; all of them in CI's check).
+    The wgmma instances (CS_ATTN_WG) need the WGMMA_ARCH target; elsewhere their bodies
+    compile to a trap."""
+    return ('#include "decode_attention.cu"\n#include "attention_wgmma.cu"\n'
+            + "\n".join(lines) + "\n")
+
+
+def needs_wgmma_arch(line):
+    return line.startswith("CS_ATTN_WG(")
 
 
 def kernel_instances():
     """(entry-point name, instance line) of every kernel the default tables use."""
     out = []
     for dt in ("float16", "bfloat16"):
-        for cfg in list(PREFILL.values()) + [PREFILL_64_SHORT_CAUSAL]:
+        wg = [*PREFILL_WG.values(), *PREFILL_WG_CAUSAL.values(), PREFILL_WG_64_SHORT_CAUSAL]
+        for cfg in [*PREFILL.values(), PREFILL_64_SHORT_CAUSAL, *dict.fromkeys(wg)]:
             for split in (0, 1):
-                out.append((tc_kernel_name(dt, cfg, split), tc_kernel_line(dt, cfg, split)))
+                out.append(prefill_kernel(dt, cfg, split))
         for cfg in list(DECODE.values()) + list(DECODE_WIDE.values()):
             for mi in ((1, 2) if cfg.D <= 128 else (1,)):
                 c = cfg._replace(MI=mi)
@@ -398,7 +476,10 @@ def _get_kernel(name, line, smem):
     dev = cupy.cuda.runtime.getDevice()
     hit = _kernels_cache.get((dev, name))
     if hit is None:
-        mod = cupy.RawModule(code=module_source(line), options=_kernels.compile_options())
+        if needs_wgmma_arch(line):
+            mod = _kernels.arch_module(module_source(line), WGMMA_ARCH)
+        else:
+            mod = cupy.RawModule(code=module_source(line), options=_kernels.compile_options())
         fn = mod.get_function(name)
         if smem:
             # always: the kernels' few bytes of static shared memory count against the
@@ -521,17 +602,13 @@ def _launch_plan(device, name, B, Hkv, G, Lq, Lk, d_run, causal, tune):
             # two 16-row tiles when the packed rows need them (their partial outputs must
             # fit the K/V buffers for the final merge of the warps: not at D = 256)
             cfg = cfg._replace(MI=1 if (G * Lq <= 16 or D > 128) else 2)
-        elif "prefill" in TUNE:
-            cfg = TUNE["prefill"][D]
-        elif D == 64 and causal and Lk <= SHORT_CAUSAL_MAX_K:
-            cfg = PREFILL_64_SHORT_CAUSAL
         else:
-            cfg = PREFILL[D]
+            cfg = _prefill_config(D, causal, Lk)
         threads, smem, BM, BN = cfg.threads, cfg.smem, cfg.BM, cfg.BN
         # occupancy from the split-capable instance; the plain one (no split code, fewer
         # registers) runs when the grid needs no split
-        kname = tc_kernel_name(name, cfg, 1)
-        fn = _get_kernel(kname, tc_kernel_line(name, cfg, 1), smem)
+        kname, line = prefill_kernel(name, cfg, 1)
+        fn = _get_kernel(kname, line, smem)
     else:
         dp = next(x for x in SIMT_DP if x >= d_run)
         kname = simt_kernel_name(name, dp)
@@ -545,7 +622,7 @@ def _launch_plan(device, name, B, Hkv, G, Lq, Lk, d_run, causal, tune):
     capacity = _blocks_per_sm(fn, kname, threads, smem) * _sm_count()
     n_splits, tps = _choose_splits(blocks, n_tiles, capacity, tc and Lq <= DECODE_MAX_Q)
     if tc and n_splits == 1 and cfg.WN == 1:
-        fn = _get_kernel(tc_kernel_name(name, cfg, 0), tc_kernel_line(name, cfg, 0), smem)
+        fn = _get_kernel(*prefill_kernel(name, cfg, 0), smem)
     elif tc and cfg.WN > 1 and n_splits > 1 and TUNE.get("on_chip", True):
         for s in sorted(ON_CHIP_SPLITS, reverse=True):
             tps_s = _cdiv(n_tiles, s)
@@ -558,6 +635,22 @@ def _launch_plan(device, name, B, Hkv, G, Lq, Lk, d_run, causal, tune):
                 fn, n_splits, tps = on_chip, s, tps_s
                 break
     return fn, threads, smem, row_blocks, n_splits, tps
+
+
+def _prefill_config(D, causal, Lk):
+    """The prefill kernel config: TUNE's, else the wgmma table on devices that have it,
+    else the mma.sync tables."""
+    if "prefill" in TUNE:
+        return TUNE["prefill"][D]
+    from . import _kernels
+    short_causal = D == 64 and causal and Lk <= SHORT_CAUSAL_MAX_K
+    if D in PREFILL_WG and _kernels.has_wgmma():
+        if short_causal:
+            return PREFILL_WG_64_SHORT_CAUSAL
+        return (PREFILL_WG_CAUSAL if causal else PREFILL_WG)[D]
+    if short_causal:
+        return PREFILL_64_SHORT_CAUSAL
+    return PREFILL[D]
 
 
 def _on_chip_instance(name, cfg, n_splits, clusters, capacity):
@@ -787,9 +880,10 @@ def attention(q, k, v, *, scale=None, causal=False, return_lse=False, kv_lens=No
     NaN; so do ``+inf`` scores.
 
     Accumulation is in float32 (float64 for float64 input).  On the GPU,
-    float16 and bfloat16 run on tensor cores (``mma.sync``, float32
-    accumulation, the probabilities rounded to the input type before the
-    product with v, as FlashAttention does); head_dim 64 and 128 are the fast
+    float16 and bfloat16 run on tensor cores (``mma.sync``; on compute
+    capability 9.0, ``wgmma`` for queries of more than 16 rows with head_dim
+    up to 128; float32 accumulation, the probabilities rounded to the input
+    type before the product with v, as FlashAttention does); head_dim 64 and 128 are the fast
     shapes and any head_dim up to 256 works (dims that are not a multiple of 8
     are zero-padded, at the cost of a copy).  float32 and float64 run a slower
     SIMT kernel in full precision.  Queries of up to 16 rows (decoding) split

@@ -347,6 +347,52 @@ def sm_count():
     return _sm_count(_device())
 
 
+@functools.lru_cache(maxsize=None)
+def _compute_capability(dev):
+    import cupy
+    props = cupy.cuda.runtime.getDeviceProperties(dev)
+    return props["major"], props["minor"]
+
+
+def has_wgmma():
+    """Hopper's warpgroup MMA: code built for sm_90a runs on compute capability 9.0 only."""
+    return _compute_capability(_device()) == (9, 0)
+
+
+def arch_module(source, arch):
+    """``source`` compiled by NVRTC for ``arch`` (e.g. "sm_90a") as a cupy.RawModule.
+
+    CuPy's own path appends the device's plain ``-arch=sm_XX`` and NVRTC refuses a second
+    one, so arch-specific targets (wgmma needs sm_90a) are compiled here, with the same
+    options, and the cubin is kept in CuPy's cache directory under a hash of the source,
+    the options and the NVRTC version."""
+    import os
+    import tempfile
+    import cupy
+    from cupy_backends.cuda.libs import nvrtc
+    options = compile_options() + (f"-arch={arch}", "--device-as-default-execution-space")
+    key = hashlib.sha256("\0".join((source,) + options + (str(nvrtc.getVersion()),)).encode())
+    cache = os.environ.get("CUPY_CACHE_DIR", os.path.expanduser("~/.cupy/kernel_cache"))
+    path = os.path.join(cache, f"cupy_softmax_{arch}_{key.hexdigest()[:32]}.cubin")
+    if not os.path.exists(path):
+        prog = nvrtc.createProgram(source, "cupy_softmax.cu", [], [])
+        try:
+            try:
+                nvrtc.compileProgram(prog, list(options))
+            except nvrtc.NVRTCError as exc:
+                raise RuntimeError(f"NVRTC could not compile for {arch}:\n"
+                                   f"{nvrtc.getProgramLog(prog)}") from exc
+            cubin = nvrtc.getCUBIN(prog)
+        finally:
+            nvrtc.destroyProgram(prog)
+        os.makedirs(cache, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(cubin)
+        os.replace(tmp, path)             # atomic: concurrent processes see whole files
+    return cupy.RawModule(path=path)
+
+
 
 @functools.lru_cache(maxsize=None)
 def _has_clusters(dev):

@@ -323,9 +323,19 @@ struct FwdCfg {
     static_assert((BN * CPR) % THREADS == 0 && (BM * CPR) % THREADS == 0, "tile loads");
 };
 
+// Where 16-byte chunk ch of row r of a ROWS x D tile lives (byte offset).  Rows of D
+// elements, chunk ch at ch ^ (r & 7) (conflict-free ldmatrix); or PANELS: D / 64 panels of
+// ROWS x 128 bytes, chunk ch & 7 at (ch & 7) ^ (r & 7) -- the 128-byte-swizzle layout that
+// wgmma's shared-memory descriptors read (attention_wgmma.cu).  For D = 64 both coincide.
+template <int ROWS, int D, bool PANELS>
+__device__ __forceinline__ u32 tile_offset(int r, int ch) {
+    if constexpr (PANELS) return (u32)((ch >> 3) * ROWS * 128 + r * 128 + (((ch & 7) ^ (r & 7)) << 4));
+    else return (u32)((r * D + ((ch ^ (r & 7)) << 3)) * 2);
+}
+
 // A BN x D tile of K or V, rows row0.. of the key axis; rows >= n_valid and columns >= d
-// are zero-filled.  Chunk ch of row r lands at chunk ch ^ (r & 7).
-template <int ROWS, int D, int THREADS>
+// are zero-filled.
+template <int ROWS, int D, int THREADS, bool PANELS = false>
 __device__ __forceinline__ void load_kv_tile(u32 s_base, const unsigned short* g, i64 row_stride,
                                              int row0, int n_valid, int d) {
     constexpr int CPR = D / 8, TOTAL = ROWS * CPR, RPI = THREADS / CPR;   // rows an iteration
@@ -338,9 +348,104 @@ __device__ __forceinline__ void load_kv_tile(u32 s_base, const unsigned short* g
     for (int it = 0; it < TOTAL / THREADS; ++it) {
         const int r = rb + it * RPI;
         const bool ok = col_ok && row0 + r < n_valid;
-        cp_async16(s_base + (u32)((r * D + ((ch ^ (r & 7)) << 3)) * 2), ok ? src : g, ok ? 16 : 0);
+        cp_async16(s_base + tile_offset<ROWS, D, PANELS>(r, ch), ok ? src : g, ok ? 16 : 0);
         src += step;
     }
+}
+
+// The BM packed rows r0.. of Q (zero past the R rows and the d columns).
+template <int BM, int D, int THREADS, bool PANELS = false>
+__device__ __forceinline__ void load_q_tile(u32 s_base, const unsigned short* qg, const FwdParams& p,
+                                            int r0, int R, int G) {
+    constexpr int CPR = D / 8, TOTAL = BM * CPR;
+#pragma unroll
+    for (int it = 0; it < TOTAL / THREADS; ++it) {
+        const int c = it * THREADS + (int)threadIdx.x;
+        const int r = c / CPR, ch = c % CPR;
+        const int rr = r0 + r;
+        const bool ok = rr < R && ch * 8 < p.d;
+        const unsigned short* src = qg;
+        if (ok) {
+            const int i = G == 1 ? rr : rr / G, gq = rr - i * G;
+            src = qg + (i64)gq * p.q_sh + (i64)i * p.q_ss + ch * 8;
+        }
+        cp_async16(s_base + tile_offset<BM, D, PANELS>(r, ch), src, ok ? 16 : 0);
+    }
+}
+
+// The base of this block's q rows (kv head hk's group), k and v (kv head hk); E: the
+// element type as stored (16-bit values as unsigned short).
+template <typename E>
+struct HeadPtrs { const E *q, *k, *v; };
+template <typename E>
+__device__ __forceinline__ HeadPtrs<E> head_ptrs(const FwdParams& p, const Geometry& g) {
+    return {reinterpret_cast<const E*>(p.q) + (i64)g.b * p.q_sb + (i64)g.hk * g.G * p.q_sh,
+            reinterpret_cast<const E*>(p.k) + (i64)g.b * p.k_sb + (i64)g.hk * p.k_sh,
+            reinterpret_cast<const E*>(p.v) + (i64)g.b * p.v_sb + (i64)g.hk * p.v_sh};
+}
+
+// Key limits of this thread's rows (mi, h) -> packed row rbase + mi*16 + lane/4 + 8h.
+template <int MI>
+__device__ __forceinline__ void row_limits(int (&lim)[MI][2], const FwdParams& p, const Geometry& g,
+                                           int rbase, int lane) {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int r = rbase + mi * 16 + (lane >> 2) + 8 * h;
+            const int i = g.G == 1 ? r : r / g.G;
+            lim[mi][h] = p.causal ? imin(g.L, i + g.off + 1) : g.L;
+        }
+}
+
+// Scores of keys at or past a row's limit become -inf (S: accumulator layout, key n0 + 8 nt
+// + (c & 1) in S[mi][nt][c]); only tiles that reach past mask_from need it.
+template <int MI, int NT>
+__device__ __forceinline__ void mask_tile(float (&S)[MI][NT][4], const int (&lim)[MI][2], int n0) {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int c = 0; c < 4; ++c)
+                if (n0 + nt * 8 + (c & 1) >= lim[mi][c >> 1]) S[mi][nt][c] = cs::neg_inf<float>();
+}
+
+// Epilogue of a warp that holds whole rows (rows rbase + mi*16 + lane/4 + 8h): the output
+// (or, split_out, the float32 partial output and lse of this split) straight from registers.
+template <typename T, int MI, int DT>
+__device__ __forceinline__ void store_rows(const FwdParams& p, const Geometry& g, float (&O)[MI][DT][4],
+                                           RowState<MI>& st, int rbase, int lane, bool split_out) {
+    float inv[MI][2], lse[MI][2];
+    finalize_rows<MI>(st, (float)p.scale, inv, lse);
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int r = rbase + mi * 16 + (lane >> 2) + 8 * h;
+            if (r >= g.R) continue;
+            const int i = r / g.G, head = g.hk * g.G + (r - i * g.G);
+            const i64 row = ((i64)g.b * p.hq + head) * p.q_len + i;
+            const int col = 2 * (lane & 3);
+            if (!split_out) {
+                T* orow = reinterpret_cast<T*>(p.o) + (i64)g.b * p.o_sb + (i64)head * p.o_sh + (i64)i * p.o_ss;
+#pragma unroll
+                for (int dt = 0; dt < DT; ++dt)
+                    if (dt * 8 < p.d)
+                        *reinterpret_cast<u32*>(orow + dt * 8 + col) =
+                            Mma<T>::pack(O[mi][dt][2 * h] * inv[mi][h], O[mi][dt][2 * h + 1] * inv[mi][h]);
+                if (p.lse && (lane & 3) == 0) reinterpret_cast<float*>(p.lse)[row] = lse[mi][h];
+            } else {
+                const i64 prow = (i64)g.split * p.batch * p.hq * p.q_len + row;
+                float* orow = reinterpret_cast<float*>(p.o_part) + prow * p.d;
+#pragma unroll
+                for (int dt = 0; dt < DT; ++dt)
+                    if (dt * 8 < p.d)
+                        *reinterpret_cast<float2*>(orow + dt * 8 + col) =
+                            make_float2(O[mi][dt][2 * h] * inv[mi][h], O[mi][dt][2 * h + 1] * inv[mi][h]);
+                if ((lane & 3) == 0) reinterpret_cast<float*>(p.lse_part)[prow] = lse[mi][h];
+            }
+        }
 }
 
 // SPLIT: 0 no split code (n_splits must be 1); 1 splits merged through global memory
@@ -360,21 +465,9 @@ __device__ __forceinline__ void attn_fwd(const FwdParams& p) {
 
     // This thread's rows: (mi, h) -> packed row r = r0 + wm*16*MI + mi*16 + lane/4 + 8h.
     int lim[MI][2];
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int r = g.r0 + wm * 16 * MI + mi * 16 + (lane >> 2) + 8 * h;
-            const int i = G == 1 ? r : r / G;
-            lim[mi][h] = p.causal ? imin(g.L, i + g.off + 1) : g.L;
-        }
-
-    const unsigned short* qg = reinterpret_cast<const unsigned short*>(p.q) + (i64)g.b * p.q_sb
-                               + (i64)g.hk * G * p.q_sh;
-    const unsigned short* kg = reinterpret_cast<const unsigned short*>(p.k) + (i64)g.b * p.k_sb
-                               + (i64)g.hk * p.k_sh;
-    const unsigned short* vg = reinterpret_cast<const unsigned short*>(p.v) + (i64)g.b * p.v_sb
-                               + (i64)g.hk * p.v_sh;
+    row_limits<MI>(lim, p, g, g.r0 + wm * 16 * MI, lane);
+    const HeadPtrs<unsigned short> hp = head_ptrs<unsigned short>(p, g);
+    const unsigned short *kg = hp.k, *vg = hp.v;
 
     unsigned short* sQ = reinterpret_cast<unsigned short*>(smem_raw);
     const u32 sQa = smem_u32(sQ);
@@ -382,23 +475,8 @@ __device__ __forceinline__ void attn_fwd(const FwdParams& p) {
     const u32 sVa = sKa + STAGES * C::KV_ELEMS * 2;
 
     // ---- prologue: Q, then the first STAGES - 1 key tiles
-    {
-        constexpr int TOTAL = BM * C::CPR;
-#pragma unroll
-        for (int it = 0; it < TOTAL / C::THREADS; ++it) {
-            const int c = it * C::THREADS + tid;
-            const int r = c / C::CPR, ch = c % C::CPR;
-            const int rr = g.r0 + r;
-            const bool ok = rr < R && ch * 8 < p.d;
-            const unsigned short* src = qg;
-            if (ok) {
-                const int i = G == 1 ? rr : rr / G, gq = rr - i * G;
-                src = qg + (i64)gq * p.q_sh + (i64)i * p.q_ss + ch * 8;
-            }
-            cp_async16(sQa + (u32)((r * D + ((ch ^ (r & 7)) << 3)) * 2), src, ok ? 16 : 0);
-        }
-        cp_async_commit();
-    }
+    load_q_tile<BM, D, C::THREADS>(sQa, hp.q, p, g.r0, R, G);
+    cp_async_commit();
 #pragma unroll
     for (int s = 0; s < PD; ++s) {
         const int t = g.t_begin + s;
@@ -468,16 +546,7 @@ __device__ __forceinline__ void attn_fwd(const FwdParams& p) {
                 }
             }
         }
-        if ((t + 1) * BN > g.mask_from) {
-            const int n0 = t * BN + wn * BNW + 2 * (lane & 3);
-#pragma unroll
-            for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                    for (int c = 0; c < 4; ++c)
-                        if (n0 + nt * 8 + (c & 1) >= lim[mi][c >> 1]) S[mi][nt][c] = cs::neg_inf<float>();
-        }
+        if ((t + 1) * BN > g.mask_from) mask_tile<MI, NT>(S, lim, t * BN + wn * BNW + 2 * (lane & 3));
     };
     // online softmax of tile t, then O += P V_t
     auto softmax_pv = [&](float (&S)[MI][NT][4], int t) {
@@ -519,37 +588,7 @@ __device__ __forceinline__ void attn_fwd(const FwdParams& p) {
     static_assert(!ON_CHIP || WN > 1, "the on-chip finish keeps its partials beside the warps' merge");
     const bool split_out = SPLIT != 0 && (ON_CHIP || p.n_splits > 1);   // SPLIT 0: no split code
     if constexpr (WN == 1) {
-        // ---- epilogue straight from registers
-        float inv[MI][2], lse[MI][2];
-        finalize_rows<MI>(st, (float)p.scale, inv, lse);
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int r = g.r0 + wm * 16 * MI + mi * 16 + (lane >> 2) + 8 * h;
-                if (r >= R) continue;
-                const int i = r / G, head = g.hk * G + (r - i * G);
-                const i64 row = ((i64)g.b * p.hq + head) * p.q_len + i;
-                const int col = 2 * (lane & 3);
-                if (!split_out) {
-                    T* orow = reinterpret_cast<T*>(p.o) + (i64)g.b * p.o_sb + (i64)head * p.o_sh + (i64)i * p.o_ss;
-#pragma unroll
-                    for (int dt = 0; dt < DT; ++dt)
-                        if (dt * 8 < p.d)
-                            *reinterpret_cast<u32*>(orow + dt * 8 + col) =
-                                Mma<T>::pack(O[mi][dt][2 * h] * inv[mi][h], O[mi][dt][2 * h + 1] * inv[mi][h]);
-                    if (p.lse && (lane & 3) == 0) reinterpret_cast<float*>(p.lse)[row] = lse[mi][h];
-                } else {
-                    const i64 prow = (i64)g.split * p.batch * p.hq * p.q_len + row;
-                    float* orow = reinterpret_cast<float*>(p.o_part) + prow * p.d;
-#pragma unroll
-                    for (int dt = 0; dt < DT; ++dt)
-                        if (dt * 8 < p.d)
-                            *reinterpret_cast<float2*>(orow + dt * 8 + col) =
-                                make_float2(O[mi][dt][2 * h] * inv[mi][h], O[mi][dt][2 * h + 1] * inv[mi][h]);
-                    if ((lane & 3) == 0) reinterpret_cast<float*>(p.lse_part)[prow] = lse[mi][h];
-                }
-            }
+        store_rows<T, MI, DT>(p, g, O, st, g.r0 + wm * 16 * MI, lane, split_out);
     } else {
         // ---- WN warps hold partial states of the same rows: merge them in shared memory
         __syncthreads();                                   // K/V buffers are free now
@@ -650,9 +689,8 @@ __device__ __forceinline__ void attn_simt(const FwdParams& p) {
     const int lim = p.causal ? imin(g.L, ri + g.off + 1) : g.L;
     const A scale = (A)p.scale;            // exact for float64
 
-    const A* qg = reinterpret_cast<const A*>(p.q) + (i64)g.b * p.q_sb + (i64)g.hk * G * p.q_sh;
-    const A* kg = reinterpret_cast<const A*>(p.k) + (i64)g.b * p.k_sb + (i64)g.hk * p.k_sh;
-    const A* vg = reinterpret_cast<const A*>(p.v) + (i64)g.b * p.v_sb + (i64)g.hk * p.v_sh;
+    const HeadPtrs<A> hp = head_ptrs<A>(p, g);
+    const A *qg = hp.q, *kg = hp.k, *vg = hp.v;
 
     for (int e = tid; e < BQ * DP; e += C::THREADS) {
         const int rr = e / DP, c = e % DP, row = g.r0 + rr;

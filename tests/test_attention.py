@@ -21,7 +21,7 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from _helpers import BFLOAT16, CUPY, asnumpy, dtype_of, dtype_params, is_cupy, to_xp
-from cupy_softmax import _attention
+from cupy_softmax import _attention, _kernels
 from cupy_softmax._attention import attention
 
 FLOATS = ["float16", "bfloat16", "float32", "float64"]
@@ -366,6 +366,8 @@ def _variant_ids():
 def test_kernel_variants(xp, kind, cfg, monkeypatch):
     if not is_cupy(xp):
         pytest.skip("GPU only")
+    if isinstance(cfg, _attention.WGConfig) and not _kernels.has_wgmma():
+        pytest.skip("wgmma kernels need compute capability 9.0")
     monkeypatch.setitem(_attention.TUNE, kind, {**getattr(_attention, kind.upper()), cfg.D: cfg})
     rng = np.random.default_rng(17)
     d = cfg.D

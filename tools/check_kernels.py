@@ -4,7 +4,8 @@
 The instance lists are cupy_softmax/_kernels.py's (the softmax family, one module per
 dtype) and cupy_softmax/_attention.py's (attention, decode and merge entry points, all in
 one module here); both load with NumPy alone, not CuPy.  For each module and each
-architecture (sm_90, sm_80) this prints registers, shared memory, stack frame and spills
+architecture (sm_90, sm_80; and sm_90a for the attention module, whose wgmma kernels
+exist only there) this prints registers, shared memory, stack frame and spills
 of every kernel, and exits non-zero on any compile error.  Options mirror CuPy's NVRTC build
 (-std=c++17, -ftz=true).
 
@@ -43,6 +44,12 @@ def modules(km, dtypes):
     attention = _attention.kernel_instances()
     yield ("attention", _attention.module_source(*(line for _, line in attention)),
            [name for name, _ in attention])
+
+
+def wgmma_arch():
+    sys.path.insert(0, str(ROOT))
+    from cupy_softmax import _attention
+    return _attention.WGMMA_ARCH
 
 
 def find_nvcc():
@@ -106,6 +113,9 @@ def main():
     failed, spills = False, 0
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [(label, a) for label in sources for a in args.arch]
+        # the wgmma instances: their code exists only for the arch-specific Hopper target
+        if "sm_90" in args.arch and "attention" in sources:
+            jobs.append(("attention", wgmma_arch()))
         with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as ex:
             results = list(ex.map(
                 lambda job: compile_one(nvcc, km, job[0], sources[job[0]][0], job[1], tmp), jobs))

@@ -1,0 +1,248 @@
+// attention_wgmma.cu -- the prefill kernel of attention.cu on Hopper's warpgroup MMA.
+//
+// Same rows, keys, masks, online softmax and epilogue as attn_fwd (attention.cu), with the
+// two products on wgmma (sm_90a only; _attention.py compiles this module for that target):
+//
+//   * A block is WGS warpgroups (4 warps, 128 threads each) and owns 64 * WGS packed rows;
+//     warp w holds rows 16w..16w+15, and a wgmma accumulator holds, per warp, exactly the
+//     m16n8 fragments of mma.sync -- so attention_softmax.cuh's step runs on it unchanged.
+//   * S = Q K^T: m64nBNk16, A (Q) and B (K) read from shared memory by descriptors;
+//     O += P V: m64nDk16, A (P) from registers (the score registers packed to 16 bits,
+//     the mma.sync A fragment), B (V) from shared memory, MN-major.
+//   * Q, K and V tiles arrive by cp.async in the 128-byte-swizzle layout the descriptors
+//     read (tile_offset<..., PANELS>), STAGES buffers deep.  cp.async writes through the
+//     generic proxy and wgmma reads through the async proxy: a proxy fence sits between.
+//   * Several warpgroups an SM: one's softmax runs beside another's products.
+#pragma once
+
+#include "attention.cu"
+
+namespace csattn {
+
+// Register lists of the m64nNk16 float32 accumulator (N / 2 registers a thread), as
+// d[N / 8][4] in the mma.sync accumulator layout.
+#define CS_WG_D64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define CS_WG_OUT64(d)  \
+    "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),  \
+    "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),  \
+    "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),  \
+    "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+#define CS_WG_D128 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+#define CS_WG_OUT128(d)  \
+    CS_WG_OUT64(d),  \
+    "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),  \
+    "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),  \
+    "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),  \
+    "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+
+template <typename T, int N> struct Wgmma;
+
+// ss: d (+)= A B^T with A (64 x 16) and B (N x 16) K-major in shared memory; accumulate = 0
+// overwrites d.  rs<TRANS_B>: the same with A (64 x 16) in registers (the mma.sync A
+// fragment of each warp's 16 rows), B K-major, or MN-major (16 x N) with TRANS_B.  The
+// %-numbers after the accumulators depend on N.
+#define CS_WG_DEFINE(TY, PTX, N, SS_OPS, RS_OPS, RST_OPS)                                       \
+    template <> struct Wgmma<TY, N> {                                                           \
+        static __device__ __forceinline__ void ss(float (&d)[N / 8][4], unsigned long long da,  \
+                                                  unsigned long long db, int accumulate) {      \
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" SS_OPS                            \
+                         : CS_WG_OUT##N(d) : "l"(da), "l"(db), "r"(accumulate));                \
+        }                                                                                       \
+        template <bool TRANS_B>                                                                 \
+        static __device__ __forceinline__ void rs(float (&d)[N / 8][4], const u32 (&a)[4],      \
+                                                  unsigned long long db, int accumulate) {      \
+            if constexpr (TRANS_B)                                                              \
+                asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" RST_OPS                       \
+                             : CS_WG_OUT##N(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]),    \
+                               "l"(db), "r"(accumulate));                                       \
+            else                                                                                \
+                asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" RS_OPS                        \
+                             : CS_WG_OUT##N(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]),    \
+                               "l"(db), "r"(accumulate));                                       \
+        }                                                                                       \
+    };
+#define CS_WG_SS(N, PTX, A, B, P) \
+    P ", 0;\nwgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX "." PTX " " CS_WG_D##N ", %" A ", %" B ", p, 1, 1, 0, 0;\n}\n"
+#define CS_WG_RS(N, PTX, A0, A1, A2, A3, B, P, TB) \
+    P ", 0;\nwgmma.mma_async.sync.aligned.m64n" #N "k16.f32." PTX "." PTX " " CS_WG_D##N ", {%" A0 ", %" A1 ", %" A2 ", %" A3 "}, %" B ", p, 1, 1, " TB ";\n}\n"
+#define CS_WG_ALL(TY, PTX)                                                                      \
+    CS_WG_DEFINE(TY, PTX, 64, CS_WG_SS(64, PTX, "32", "33", "34"),                              \
+                 CS_WG_RS(64, PTX, "32", "33", "34", "35", "36", "37", "0"),                    \
+                 CS_WG_RS(64, PTX, "32", "33", "34", "35", "36", "37", "1"))                    \
+    CS_WG_DEFINE(TY, PTX, 128, CS_WG_SS(128, PTX, "64", "65", "66"),                            \
+                 CS_WG_RS(128, PTX, "64", "65", "66", "67", "68", "69", "0"),                   \
+                 CS_WG_RS(128, PTX, "64", "65", "66", "67", "68", "69", "1"))
+CS_WG_ALL(cs::half_t, "f16")
+CS_WG_ALL(cs::bf16_t, "bf16")
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// cp.async's shared-memory writes (generic proxy) made visible to wgmma (async proxy)
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Accumulators written by the asynchronous products: the compiler must not read them
+// before the wait, nor keep copies across it.
+template <int N>
+__device__ __forceinline__ void pin(float (&d)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) asm volatile("" : "+f"(d[i][c])::"memory");
+}
+
+// Shared-memory matrix descriptor, 128-byte swizzle: start address, leading and stride
+// byte offsets (16-byte units).  K-major tiles: rows of 128 bytes, 8-row groups 1024 bytes
+// apart (SBO), LBO unused; MN-major: SBO between groups of 8 k-rows, LBO between 64-column
+// panels.
+__device__ __forceinline__ unsigned long long smem_desc(u32 addr, u32 lbo, u32 sbo) {
+    return (unsigned long long)((addr & 0x3FFFFu) >> 4) | ((unsigned long long)(lbo >> 4) << 16)
+           | ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
+}
+
+// WGS warpgroups of 64 rows each share the block's K/V tiles (fewer L2 reads per product);
+// QREG: Q held in registers as A fragments (D / 4 registers a thread, loaded once from
+// global memory) instead of a shared-memory tile: more blocks fit an SM.
+template <int D, int BN, int STAGES, bool QREG, int WGS>
+struct WgCfg {
+    static constexpr int THREADS = 128 * WGS, BM = 64 * WGS;
+    static constexpr int NT = BN / 8, DT = D / 8, KD = D / 16, KN = BN / 16;
+    static constexpr int Q_BYTES = QREG ? 0 : BM * D * 2, KV_BYTES = BN * D * 2;
+    // + 1024: the swizzle atoms must start 1024-byte aligned
+    static constexpr int SMEM_BYTES = Q_BYTES + 2 * STAGES * KV_BYTES + 1024;
+    static_assert(D == 64 || D == 128, "D: 64 or 128");
+    static_assert(BN == 64 || BN == 128, "BN: 64 or 128");
+    static_assert((BN * D / 8) % THREADS == 0 && (BM * D / 8) % THREADS == 0, "tile loads");
+};
+
+// SPLIT: 0 no split code (n_splits must be 1); 1 splits merged through global memory.
+template <typename T, int D, int BN, int STAGES, bool QREG, int WGS, int SPLIT>
+__device__ __forceinline__ void attn_fwd_wg(const FwdParams& p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    typedef WgCfg<D, BN, STAGES, QREG, WGS> C;
+    constexpr int PD = STAGES - 1, NT = C::NT, DT = C::DT, BM = C::BM;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const Geometry g = block_geometry<BM, BN>(p);
+    int lim[1][2];
+    row_limits<1>(lim, p, g, g.r0 + warp * 16, lane);
+    const HeadPtrs<unsigned short> hp = head_ptrs<unsigned short>(p, g);
+
+    const u32 sQa = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const u32 sKa = sQa + C::Q_BYTES;
+    const u32 sVa = sKa + STAGES * C::KV_BYTES;
+
+    u32 qa[QREG ? C::KD : 1][4];
+    if constexpr (QREG) {
+        // A fragment of k-step kk: rows w*16 + lane/4 (+8), columns 16kk + 2(lane%4) (+8)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int rr = g.r0 + warp * 16 + (lane >> 2) + 8 * h;
+            const unsigned short* qrow = hp.q;
+            if (rr < g.R) {
+                const int i = g.G == 1 ? rr : rr / g.G, gq = rr - i * g.G;
+                qrow = hp.q + (i64)gq * p.q_sh + (i64)i * p.q_ss;
+            }
+#pragma unroll
+            for (int kk = 0; kk < C::KD; ++kk)
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    const int col = 16 * kk + 8 * half + 2 * (lane & 3);
+                    qa[kk][h + 2 * half] = (rr < g.R && col < p.d)
+                                               ? *reinterpret_cast<const u32*>(qrow + col) : 0u;
+                }
+        }
+    } else {
+        load_q_tile<BM, D, C::THREADS, true>(sQa, hp.q, p, g.r0, g.R, g.G);
+    }
+#pragma unroll
+    for (int s = 0; s < PD; ++s) {
+        const int t = g.t_begin + s;
+        if (t < g.t_end) {
+            load_kv_tile<BN, D, C::THREADS, true>(sKa + s * C::KV_BYTES, hp.k, p.k_ss, t * BN, g.L, p.d);
+            load_kv_tile<BN, D, C::THREADS, true>(sVa + s * C::KV_BYTES, hp.v, p.v_ss, t * BN, g.L, p.d);
+        }
+        cp_async_commit();
+    }
+
+    float O[1][DT][4], S[1][NT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) O[0][dt][c] = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) S[0][nt][c] = 0.0f;
+    RowState<1> st;
+    st.init();
+    const float sl2 = p.scale_log2;
+
+    for (int t = g.t_begin; t < g.t_end; ++t) {
+        cp_async_wait<PD - 1>();
+        fence_proxy_async();
+        __syncthreads();                // tile t landed for all; tile t - 1's buffers are free
+        const int tn = t + PD;
+        if (tn < g.t_end) {
+            const int sn = (tn - g.t_begin) % STAGES;
+            load_kv_tile<BN, D, C::THREADS, true>(sKa + sn * C::KV_BYTES, hp.k, p.k_ss, tn * BN, g.L, p.d);
+            load_kv_tile<BN, D, C::THREADS, true>(sVa + sn * C::KV_BYTES, hp.v, p.v_ss, tn * BN, g.L, p.d);
+        }
+        cp_async_commit();
+        const u32 kb = sKa + ((t - g.t_begin) % STAGES) * C::KV_BYTES;
+        const u32 vb = sVa + ((t - g.t_begin) % STAGES) * C::KV_BYTES;
+
+        // S = Q K_t^T: k-step kk reads 32 bytes of every row, in panel kk / 4
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < C::KD; ++kk) {
+            const unsigned long long kd = smem_desc(kb + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024);
+            if constexpr (QREG) Wgmma<T, BN>::template rs<false>(S[0], qa[kk], kd, kk > 0);
+            else Wgmma<T, BN>::ss(S[0], smem_desc(sQa + (kk >> 2) * BM * 128 + (warp >> 2) * 64 * 128 + (kk & 3) * 32,
+                                                  16, 1024), kd, kk > 0);
+        }
+        wg_commit();
+        wg_wait_all();
+        pin<NT>(S[0]);
+        if ((t + 1) * BN > g.mask_from) mask_tile<1, NT>(S, lim, t * BN + 2 * (lane & 3));
+        if (t == g.t_begin) online_softmax_step<1, NT, DT, true>(S, O, st, sl2);
+        else online_softmax_step<1, NT, DT, false>(S, O, st, sl2);
+
+        // O += P V_t: k-step kk takes keys 16kk.. (2048 bytes into the tile)
+        u32 a[C::KN][4];
+#pragma unroll
+        for (int kk = 0; kk < C::KN; ++kk) {
+            a[kk][0] = Mma<T>::pack(S[0][2 * kk][0], S[0][2 * kk][1]);
+            a[kk][1] = Mma<T>::pack(S[0][2 * kk][2], S[0][2 * kk][3]);
+            a[kk][2] = Mma<T>::pack(S[0][2 * kk + 1][0], S[0][2 * kk + 1][1]);
+            a[kk][3] = Mma<T>::pack(S[0][2 * kk + 1][2], S[0][2 * kk + 1][3]);
+        }
+        pin<DT>(O[0]);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < C::KN; ++kk)
+            Wgmma<T, D>::template rs<true>(O[0], a[kk], smem_desc(vb + kk * 2048, BN * 128, 1024), 1);
+        wg_commit();
+        wg_wait_all();
+        pin<DT>(O[0]);
+    }
+    cp_async_wait<0>();
+
+    const bool split_out = SPLIT != 0 && p.n_splits > 1;
+    store_rows<T, 1, DT>(p, g, O, st, g.r0 + warp * 16, lane, split_out);
+    if (split_out) finish_splits<T, float, C::THREADS, D / 32>(p, g.r0, BM, g.R, g.G, g.hk, g.b);
+#else
+    __trap();          // wgmma: sm_90a only (the dispatch never launches it elsewhere)
+#endif
+}
+
+}  // namespace csattn
+
+// Entry points: T in cs::half_t, cs::bf16_t; 128 * WGS threads; dynamic shared memory
+// WgCfg<D, BN, STAGES, QREG, WGS>::SMEM_BYTES.
+#define CS_ATTN_WG(NAME, T, D, BN, STAGES, QREG, WGS, MINB, SPLIT)                             \
+    extern "C" __global__ void __launch_bounds__(128 * (WGS), MINB) NAME(CS_ATTN_PARAMS(T)) {  \
+        CS_ATTN_FILL(prm)                                                                      \
+        csattn::attn_fwd_wg<T, D, BN, STAGES, QREG, WGS, SPLIT>(prm);                          \
+    }
