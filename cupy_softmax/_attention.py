@@ -95,6 +95,23 @@ class WGConfig(NamedTuple):
         return (q_tile + 2 * self.STAGES * self.BN * self.D) * 2 + 1024
 
 
+class WSConfig(NamedTuple):
+    """The warp-specialised Hopper prefill kernel (attention_wgmma.cu, attn_fwd_ws): a
+    producer warpgroup and two consumer warpgroups of 64 rows, BN keys a tile, STAGES K/V
+    slots, one block an SM; no split code."""
+    D: int
+    BN: int
+    STAGES: int
+
+    WN = 1
+    threads = 384
+    BM = 128
+
+    @property
+    def smem(self):
+        return 2 * self.STAGES * self.BN * self.D * 2 + 1024
+
+
 # Long queries: 4 warps of 32 rows (16 for D = 256, and for short causal D = 64) share
 # each K/V tile.  Chosen from the device sweeps recorded in bench/ATTENTION_NOTES.md.
 PREFILL = {
@@ -102,20 +119,21 @@ PREFILL = {
     128: TCConfig(128, 2, 4, 1, 64, 2, 2),
     256: TCConfig(256, 1, 4, 1, 32, 2, 2),
 }
-# On compute capability 9.0 (wgmma), head dims 64 and 128 take the warpgroup kernel:
-# non-causal D = 128 with two warpgroups a block sharing the K/V tiles (half the L2 reads),
-# causal with one (less work above the diagonal) and Q in registers (3 blocks an SM); short
-# causal D = 64 with 64-key tiles (4 blocks an SM).  H200 sweeps: bench/ATTENTION_NOTES.md,
+# On compute capability 9.0 (wgmma), head dims 64 and 128 take the Hopper kernels, by head
+# dim and kind of problem ("short causal": causal with at most SHORT_CAUSAL_MAX_K keys, whose
+# row blocks see few key tiles).  D = 128: the warp-specialised kernel (a producer warpgroup,
+# two consumers ping-ponging their products), but for short causal problems one warpgroup a
+# block with Q in registers (3 blocks an SM); D = 64: one warpgroup a block (64-key tiles for
+# short causal ones).  Grids that split their keys take PREFILL_HOPPER_SPLIT (the
+# warp-specialised kernel has no split code).  H200 sweeps: bench/ATTENTION_NOTES.md,
 # session 10.
-PREFILL_WG = {
-    64: WGConfig(64, 128, 2, False, 1, 3),
-    128: WGConfig(128, 64, 2, False, 2, 2),
+PREFILL_HOPPER = {
+    (64, "long"): WGConfig(64, 128, 2, False, 1, 3),
+    (64, "short causal"): WGConfig(64, 64, 2, False, 1, 4),
+    (128, "long"): WSConfig(128, 128, 3),
+    (128, "short causal"): WGConfig(128, 64, 2, True, 1, 3),
 }
-PREFILL_WG_CAUSAL = {
-    64: WGConfig(64, 128, 2, False, 1, 3),
-    128: WGConfig(128, 64, 2, True, 1, 3),
-}
-PREFILL_WG_64_SHORT_CAUSAL = WGConfig(64, 64, 2, False, 1, 4)
+PREFILL_HOPPER_SPLIT = {64: WGConfig(64, 128, 2, False, 1, 3), 128: WGConfig(128, 64, 2, False, 2, 2)}
 # causal D = 64 with up to this many keys: smaller blocks (64 rows), 4 blocks an SM
 PREFILL_64_SHORT_CAUSAL = TCConfig(64, 1, 4, 1, 64, 2, 4)
 SHORT_CAUSAL_MAX_K = 2048
@@ -159,7 +177,7 @@ CANDIDATES = {
              WGConfig(64, 64, 2, False, 1, 4), WGConfig(64, 128, 2, False, 2, 2)],
         128: [TCConfig(128, 2, 4, 1, 64, 2, 2), TCConfig(128, 2, 4, 1, 32, 3, 2),
               WGConfig(128, 64, 2, False, 2, 2), WGConfig(128, 64, 2, True, 1, 3),
-              WGConfig(128, 128, 2, False, 2, 1)],
+              WSConfig(128, 128, 3), WSConfig(128, 64, 4)],
     },
     "decode": {
         128: [TCConfig(128, 1, 1, 4, 32, 3, 1), TCConfig(128, 1, 1, 4, 16, 3, 2),
@@ -216,8 +234,17 @@ def wg_kernel_line(dtype_name, cfg, split=1):
             f"{int(bool(split))})")
 
 
+def ws_kernel_name(dtype_name, cfg):
+    return f"attn_ws_{_CTYPES[dtype_name][0]}_d{cfg.D}_n{cfg.BN}_s{cfg.STAGES}"
+
+
 def prefill_kernel(dtype_name, cfg, split):
-    """(entry-point name, instance line) of a prefill config of either kernel."""
+    """(entry-point name, instance line) of a prefill config of any kernel."""
+    if isinstance(cfg, WSConfig):
+        if split:
+            raise ValueError("the warp-specialised kernel has no split code")
+        name = ws_kernel_name(dtype_name, cfg)
+        return name, f"CS_ATTN_WS({name}, {_CTYPES[dtype_name][1]}, {cfg.D}, {cfg.BN}, {cfg.STAGES})"
     if isinstance(cfg, WGConfig):
         return wg_kernel_name(dtype_name, cfg, split), wg_kernel_line(dtype_name, cfg, split)
     return tc_kernel_name(dtype_name, cfg, split), tc_kernel_line(dtype_name, cfg, split)
@@ -259,16 +286,16 @@ def module_source(*lines):
 
 
 def needs_wgmma_arch(line):
-    return line.startswith("CS_ATTN_WG(")
+    return line.startswith(("CS_ATTN_WG(", "CS_ATTN_WS("))
 
 
 def kernel_instances():
     """(entry-point name, instance line) of every kernel the default tables use."""
     out = []
     for dt in ("float16", "bfloat16"):
-        wg = [*PREFILL_WG.values(), *PREFILL_WG_CAUSAL.values(), PREFILL_WG_64_SHORT_CAUSAL]
-        for cfg in [*PREFILL.values(), PREFILL_64_SHORT_CAUSAL, *dict.fromkeys(wg)]:
-            for split in (0, 1):
+        hopper = dict.fromkeys([*PREFILL_HOPPER.values(), *PREFILL_HOPPER_SPLIT.values()])
+        for cfg in [*PREFILL.values(), PREFILL_64_SHORT_CAUSAL, *hopper]:
+            for split in ((0,) if isinstance(cfg, WSConfig) else (0, 1)):
                 out.append(prefill_kernel(dt, cfg, split))
         for cfg in list(DECODE.values()) + list(DECODE_WIDE.values()):
             for mi in ((1, 2) if cfg.D <= 128 else (1,)):
@@ -591,39 +618,35 @@ def _launch_plan(device, name, B, Hkv, G, Lq, Lk, d_run, causal, tune):
     """(kernel, threads, smem, row_blocks, n_splits, tiles per split) of one problem shape:
     the kernel config from the tables (or TUNE, whose repr is part of the key), the split
     of the keys over blocks, and the instance with or without split code."""
-    tc = name in ("float16", "bfloat16")
-    if tc:
-        D = _tile_d(d_run)
-        if Lq <= DECODE_MAX_Q:
-            cfg = TUNE.get("decode", DECODE)[D]
-            if ("decode" not in TUNE and D in DECODE_WIDE and G * Lq > 1
-                    and _cdiv(G * Lq, 16) * Hkv * B >= 2 * _sm_count()):
-                cfg = DECODE_WIDE[D]
-            # two 16-row tiles when the packed rows need them (their partial outputs must
-            # fit the K/V buffers for the final merge of the warps: not at D = 256)
-            cfg = cfg._replace(MI=1 if (G * Lq <= 16 or D > 128) else 2)
-        else:
-            cfg = _prefill_config(D, causal, Lk)
-        threads, smem, BM, BN = cfg.threads, cfg.smem, cfg.BM, cfg.BN
-        # occupancy from the split-capable instance; the plain one (no split code, fewer
-        # registers) runs when the grid needs no split
-        kname, line = prefill_kernel(name, cfg, 1)
-        fn = _get_kernel(kname, line, smem)
-    else:
+    if name not in ("float16", "bfloat16"):
         dp = next(x for x in SIMT_DP if x >= d_run)
         kname = simt_kernel_name(name, dp)
         smem = simt_smem(name, dp)
         fn = _get_kernel(kname, simt_kernel_line(name, dp), smem)
-        threads, BM, BN = 128, 16, SIMT_BK
-
-    row_blocks = _cdiv(G * Lq, BM)
-    blocks = row_blocks * Hkv * B
-    n_tiles = _cdiv(Lk, BN)
-    capacity = _blocks_per_sm(fn, kname, threads, smem) * _sm_count()
-    n_splits, tps = _choose_splits(blocks, n_tiles, capacity, tc and Lq <= DECODE_MAX_Q)
-    if tc and n_splits == 1 and cfg.WN == 1:
-        fn = _get_kernel(*prefill_kernel(name, cfg, 0), smem)
-    elif tc and cfg.WN > 1 and n_splits > 1 and TUNE.get("on_chip", True):
+        row_blocks = _cdiv(G * Lq, 16)
+        capacity = _blocks_per_sm(fn, kname, 128, smem) * _sm_count()
+        n_splits, tps = _choose_splits(row_blocks * Hkv * B, _cdiv(Lk, SIMT_BK), capacity, False)
+        return fn, 128, smem, row_blocks, n_splits, tps
+    D = _tile_d(d_run)
+    decode = Lq <= DECODE_MAX_Q
+    if decode:
+        cfg = TUNE.get("decode", DECODE)[D]
+        if ("decode" not in TUNE and D in DECODE_WIDE and G * Lq > 1
+                and _cdiv(G * Lq, 16) * Hkv * B >= 2 * _sm_count()):
+            cfg = DECODE_WIDE[D]
+        # two 16-row tiles when the packed rows need them (their partial outputs must
+        # fit the K/V buffers for the final merge of the warps: not at D = 256)
+        cfg = cfg._replace(MI=1 if (G * Lq <= 16 or D > 128) else 2)
+    else:
+        cfg = _prefill_config(D, causal, Lk)
+    fn, row_blocks, blocks, n_tiles, capacity, n_splits, tps = _split_plan(name, cfg, B, Hkv, G, Lq, Lk, decode)
+    if n_splits > 1 and isinstance(cfg, WSConfig):        # no split code there
+        cfg = PREFILL_HOPPER_SPLIT[D]
+        fn, row_blocks, blocks, n_tiles, capacity, n_splits, tps = _split_plan(name, cfg, B, Hkv, G, Lq, Lk, False)
+    if n_splits == 1 and cfg.WN == 1:
+        # the plain instance: no split code, fewer registers
+        fn = _get_kernel(*prefill_kernel(name, cfg, 0), cfg.smem)
+    elif cfg.WN > 1 and n_splits > 1 and TUNE.get("on_chip", True):
         for s in sorted(ON_CHIP_SPLITS, reverse=True):
             tps_s = _cdiv(n_tiles, s)
             if s > n_splits or _cdiv(n_tiles, tps_s) != s:
@@ -634,7 +657,24 @@ def _launch_plan(device, name, B, Hkv, G, Lq, Lk, d_run, causal, tune):
             if on_chip is not None:
                 fn, n_splits, tps = on_chip, s, tps_s
                 break
-    return fn, threads, smem, row_blocks, n_splits, tps
+    return fn, cfg.threads, cfg.smem, row_blocks, n_splits, tps
+
+
+def _split_plan(name, cfg, B, Hkv, G, Lq, Lk, decode):
+    """The key split of a tensor-core config: (kernel (the split-capable instance, whose
+    occupancy counts; the warp-specialised one has none), row blocks, blocks, key tiles,
+    resident blocks, n_splits, tiles per split)."""
+    if cfg.WN > 1:
+        kname, line = tc_kernel_name(name, cfg, 1), tc_kernel_line(name, cfg, 1)
+    else:
+        kname, line = prefill_kernel(name, cfg, 0 if isinstance(cfg, WSConfig) else 1)
+    fn = _get_kernel(kname, line, cfg.smem)
+    row_blocks = _cdiv(G * Lq, cfg.BM)
+    blocks = row_blocks * Hkv * B
+    n_tiles = _cdiv(Lk, cfg.BN)
+    capacity = _blocks_per_sm(fn, kname, cfg.threads, cfg.smem) * _sm_count()
+    n_splits, tps = _choose_splits(blocks, n_tiles, capacity, decode)
+    return fn, row_blocks, blocks, n_tiles, capacity, n_splits, tps
 
 
 def _prefill_config(D, causal, Lk):
@@ -643,12 +683,10 @@ def _prefill_config(D, causal, Lk):
     if "prefill" in TUNE:
         return TUNE["prefill"][D]
     from . import _kernels
-    short_causal = D == 64 and causal and Lk <= SHORT_CAUSAL_MAX_K
-    if D in PREFILL_WG and _kernels.has_wgmma():
-        if short_causal:
-            return PREFILL_WG_64_SHORT_CAUSAL
-        return (PREFILL_WG_CAUSAL if causal else PREFILL_WG)[D]
-    if short_causal:
+    short_causal = causal and Lk <= SHORT_CAUSAL_MAX_K
+    if D in PREFILL_HOPPER_SPLIT and _kernels.has_wgmma():
+        return PREFILL_HOPPER[(D, "short causal" if short_causal else "long")]
+    if D == 64 and short_causal:
         return PREFILL_64_SHORT_CAUSAL
     return PREFILL[D]
 
@@ -882,8 +920,9 @@ def attention(q, k, v, *, scale=None, causal=False, return_lse=False, kv_lens=No
     Accumulation is in float32 (float64 for float64 input).  On the GPU,
     float16 and bfloat16 run on tensor cores (``mma.sync``; on compute
     capability 9.0, ``wgmma`` for queries of more than 16 rows with head_dim
-    up to 128; float32 accumulation, the probabilities rounded to the input
-    type before the product with v, as FlashAttention does); head_dim 64 and 128 are the fast
+    up to 128, warp-specialised at head_dim 128; float32 accumulation, the
+    probabilities rounded to the input type before the product with v, as
+    FlashAttention does); head_dim 64 and 128 are the fast
     shapes and any head_dim up to 256 works (dims that are not a multiple of 8
     are zero-padded, at the cost of a copy).  float32 and float64 run a slower
     SIMT kernel in full precision.  Queries of up to 16 rows (decoding) split

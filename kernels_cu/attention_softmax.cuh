@@ -59,13 +59,13 @@ struct RowState {
 };
 
 // One tile: S holds the raw scores of MI x 16 rows by NT x 8 keys (accumulator layout,
-// masked keys already -inf); on return S holds the unnormalised probabilities p and
-// O (MI x DT n-tiles of the output) and l have been rescaled to the new max.
-// FIRST: the first tile of a row block, whose state is still empty and O zero, so the
-// rescale of l and O is skipped (the caller instantiates both forms).
-template <int MI, int NT, int DT, bool FIRST>
-__device__ __forceinline__ void online_softmax_step(float (&S)[MI][NT][4], float (&O)[MI][DT][4],
-                                                    RowState<MI>& st, float scale_log2) {
+// masked keys already -inf); on return S holds the unnormalised probabilities p, l has been
+// rescaled to the new max, and alpha holds the factor the output accumulator still needs
+// (rescale_output: a pipelined kernel applies it once its product into O has landed).
+// FIRST: the first tile of a row block, whose state is still empty (alpha 0, O zero).
+template <int MI, int NT, bool FIRST>
+__device__ __forceinline__ void softmax_update(float (&S)[MI][NT][4], RowState<MI>& st, float scale_log2,
+                                               float (&alpha)[MI][2]) {
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi) {
 #pragma unroll
@@ -76,11 +76,10 @@ __device__ __forceinline__ void online_softmax_step(float (&S)[MI][NT][4], float
             mx = quad_max(mx);
             const float ms = shift_scaled(mx, scale_log2);
             float sum = 0.0f;
+            alpha[mi][h] = 0.0f;
             if constexpr (!FIRST) {
-                const float alpha = rescale_factor(st.m[mi][h], ms, scale_log2);
-                sum = st.l[mi][h] * alpha;
-#pragma unroll
-                for (int dt = 0; dt < DT; ++dt) { O[mi][dt][2 * h] *= alpha; O[mi][dt][2 * h + 1] *= alpha; }
+                alpha[mi][h] = rescale_factor(st.m[mi][h], ms, scale_log2);
+                sum = st.l[mi][h] * alpha[mi][h];
             }
             st.m[mi][h] = mx;
 #pragma unroll
@@ -94,6 +93,26 @@ __device__ __forceinline__ void online_softmax_step(float (&S)[MI][NT][4], float
             st.l[mi][h] = sum;
         }
     }
+}
+
+template <int MI, int DT>
+__device__ __forceinline__ void rescale_output(float (&O)[MI][DT][4], const float (&alpha)[MI][2]) {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) {
+            O[mi][dt][0] *= alpha[mi][0]; O[mi][dt][1] *= alpha[mi][0];
+            O[mi][dt][2] *= alpha[mi][1]; O[mi][dt][3] *= alpha[mi][1];
+        }
+}
+
+// The whole step: the update, then O rescaled at once.
+template <int MI, int NT, int DT, bool FIRST>
+__device__ __forceinline__ void online_softmax_step(float (&S)[MI][NT][4], float (&O)[MI][DT][4],
+                                                    RowState<MI>& st, float scale_log2) {
+    float alpha[MI][2];
+    softmax_update<MI, NT, FIRST>(S, st, scale_log2, alpha);
+    if constexpr (!FIRST) rescale_output<MI, DT>(O, alpha);
 }
 
 // Row totals over the quad (call with the whole warp), then 1/l and the lse.

@@ -1,7 +1,9 @@
-// attention_wgmma.cu -- the prefill kernel of attention.cu on Hopper's warpgroup MMA.
+// attention_wgmma.cu -- the prefill kernels of attention.cu on Hopper's warpgroup MMA.
 //
-// Same rows, keys, masks, online softmax and epilogue as attn_fwd (attention.cu), with the
-// two products on wgmma (sm_90a only; _attention.py compiles this module for that target):
+// attn_fwd_wg (every thread loads and computes) and attn_fwd_ws (warp-specialised: a
+// producer warpgroup and two ping-ponging consumers, below) have the same rows, keys,
+// masks, online softmax and epilogue as attn_fwd (attention.cu), with the two products on
+// wgmma (sm_90a only; _attention.py compiles this module for that target):
 //
 //   * A block is WGS warpgroups (4 warps, 128 threads each) and owns 64 * WGS packed rows;
 //     warp w holds rows 16w..16w+15, and a wgmma accumulator holds, per warp, exactly the
@@ -77,7 +79,8 @@ CS_WG_ALL(cs::bf16_t, "bf16")
 
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
 // cp.async's shared-memory writes (generic proxy) made visible to wgmma (async proxy)
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
@@ -91,6 +94,33 @@ __device__ __forceinline__ void pin(float (&d)[N][4]) {
         for (int c = 0; c < 4; ++c) asm volatile("" : "+f"(d[i][c])::"memory");
 }
 
+template <int N>
+__device__ __forceinline__ void zero_acc(float (&d)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) d[i][c] = 0.0f;
+}
+
+// mbarriers (shared::cta) of the warp-specialised kernel.
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+    asm volatile("{\n.reg .pred done;\nWAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+                 "@!done bra WAIT;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+// The barrier's pending count drops by one when all of this thread's earlier cp.async land.
+__device__ __forceinline__ void cp_async_arrive(u32 bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+template <int N> __device__ __forceinline__ void regs_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N)); }
+template <int N> __device__ __forceinline__ void regs_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N)); }
+
 // Shared-memory matrix descriptor, 128-byte swizzle: start address, leading and stride
 // byte offsets (16-byte units).  K-major tiles: rows of 128 bytes, 8-row groups 1024 bytes
 // apart (SBO), LBO unused; MN-major: SBO between groups of 8 k-rows, LBO between 64-column
@@ -98,6 +128,71 @@ __device__ __forceinline__ void pin(float (&d)[N][4]) {
 __device__ __forceinline__ unsigned long long smem_desc(u32 addr, u32 lbo, u32 sbo) {
     return (unsigned long long)((addr & 0x3FFFFu) >> 4) | ((unsigned long long)(lbo >> 4) << 16)
            | ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
+}
+
+// Q's A fragments of rows rbase + lane/4 (+8) (the mma.sync layout), k-step kk in qa[kk]:
+// columns 16kk + 2(lane%4) (+8); zero past the R rows and the d columns.
+template <int KD>
+__device__ __forceinline__ void load_q_fragments(u32 (&qa)[KD][4], const FwdParams& p, const Geometry& g,
+                                                 const HeadPtrs<unsigned short>& hp, int rbase, int lane) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int rr = rbase + (lane >> 2) + 8 * h;
+        const unsigned short* qrow = hp.q;
+        if (rr < g.R) {
+            const int i = g.G == 1 ? rr : rr / g.G, gq = rr - i * g.G;
+            qrow = hp.q + (i64)gq * p.q_sh + (i64)i * p.q_ss;
+        }
+#pragma unroll
+        for (int kk = 0; kk < KD; ++kk)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int col = 16 * kk + 8 * half + 2 * (lane & 3);
+                qa[kk][h + 2 * half] = (rr < g.R && col < p.d) ? *reinterpret_cast<const u32*>(qrow + col) : 0u;
+            }
+    }
+}
+
+// One key tile t of a warpgroup, its K and V at kb and vb (and Q at sQw unless QREG):
+// S = Q K^T, masks, the online-softmax step (which rescales O unless first), O += P V.
+// Waits for both products; K and V may be overwritten once it returns.
+template <typename T, int D, int BN, int BM, bool QREG, int KD>
+__device__ __forceinline__ void wg_tile(float (&S)[1][BN / 8][4], float (&O)[1][D / 8][4], RowState<1>& st,
+                                        const u32 (&qa)[KD][4], u32 sQw, u32 kb, u32 vb, int t, bool first,
+                                        const Geometry& g, const int (&lim)[1][2], int lane, float sl2) {
+    constexpr int NT = BN / 8, DT = D / 8, KN = BN / 16;
+    // S = Q K_t^T: k-step kk reads 32 bytes of every row, in panel kk / 4
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const unsigned long long kd = smem_desc(kb + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024);
+        if constexpr (QREG) Wgmma<T, BN>::template rs<false>(S[0], qa[kk], kd, kk > 0);
+        else Wgmma<T, BN>::ss(S[0], smem_desc(sQw + (kk >> 2) * BM * 128 + (kk & 3) * 32, 16, 1024), kd, kk > 0);
+    }
+    wg_commit();
+    wg_wait<0>();
+    pin<NT>(S[0]);
+    if ((t + 1) * BN > g.mask_from) mask_tile<1, NT>(S, lim, t * BN + 2 * (lane & 3));
+    if (first) online_softmax_step<1, NT, DT, true>(S, O, st, sl2);
+    else online_softmax_step<1, NT, DT, false>(S, O, st, sl2);
+
+    // O += P V_t: k-step kk takes keys 16kk.. (2048 bytes into the tile)
+    u32 a[KN][4];
+#pragma unroll
+    for (int kk = 0; kk < KN; ++kk) {
+        a[kk][0] = Mma<T>::pack(S[0][2 * kk][0], S[0][2 * kk][1]);
+        a[kk][1] = Mma<T>::pack(S[0][2 * kk][2], S[0][2 * kk][3]);
+        a[kk][2] = Mma<T>::pack(S[0][2 * kk + 1][0], S[0][2 * kk + 1][1]);
+        a[kk][3] = Mma<T>::pack(S[0][2 * kk + 1][2], S[0][2 * kk + 1][3]);
+    }
+    pin<DT>(O[0]);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < KN; ++kk)
+        Wgmma<T, D>::template rs<true>(O[0], a[kk], smem_desc(vb + kk * 2048, BN * 128, 1024), 1);
+    wg_commit();
+    wg_wait<0>();
+    pin<DT>(O[0]);
 }
 
 // WGS warpgroups of 64 rows each share the block's K/V tiles (fewer L2 reads per product);
@@ -135,24 +230,7 @@ __device__ __forceinline__ void attn_fwd_wg(const FwdParams& p) {
 
     u32 qa[QREG ? C::KD : 1][4];
     if constexpr (QREG) {
-        // A fragment of k-step kk: rows w*16 + lane/4 (+8), columns 16kk + 2(lane%4) (+8)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int rr = g.r0 + warp * 16 + (lane >> 2) + 8 * h;
-            const unsigned short* qrow = hp.q;
-            if (rr < g.R) {
-                const int i = g.G == 1 ? rr : rr / g.G, gq = rr - i * g.G;
-                qrow = hp.q + (i64)gq * p.q_sh + (i64)i * p.q_ss;
-            }
-#pragma unroll
-            for (int kk = 0; kk < C::KD; ++kk)
-#pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const int col = 16 * kk + 8 * half + 2 * (lane & 3);
-                    qa[kk][h + 2 * half] = (rr < g.R && col < p.d)
-                                               ? *reinterpret_cast<const u32*>(qrow + col) : 0u;
-                }
-        }
+        load_q_fragments<C::KD>(qa, p, g, hp, g.r0 + warp * 16, lane);
     } else {
         load_q_tile<BM, D, C::THREADS, true>(sQa, hp.q, p, g.r0, g.R, g.G);
     }
@@ -167,14 +245,8 @@ __device__ __forceinline__ void attn_fwd_wg(const FwdParams& p) {
     }
 
     float O[1][DT][4], S[1][NT][4];
-#pragma unroll
-    for (int dt = 0; dt < DT; ++dt)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) O[0][dt][c] = 0.0f;
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) S[0][nt][c] = 0.0f;
+    zero_acc<DT>(O[0]);
+    zero_acc<NT>(S[0]);
     RowState<1> st;
     st.init();
     const float sl2 = p.scale_log2;
@@ -190,42 +262,9 @@ __device__ __forceinline__ void attn_fwd_wg(const FwdParams& p) {
             load_kv_tile<BN, D, C::THREADS, true>(sVa + sn * C::KV_BYTES, hp.v, p.v_ss, tn * BN, g.L, p.d);
         }
         cp_async_commit();
-        const u32 kb = sKa + ((t - g.t_begin) % STAGES) * C::KV_BYTES;
-        const u32 vb = sVa + ((t - g.t_begin) % STAGES) * C::KV_BYTES;
-
-        // S = Q K_t^T: k-step kk reads 32 bytes of every row, in panel kk / 4
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < C::KD; ++kk) {
-            const unsigned long long kd = smem_desc(kb + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024);
-            if constexpr (QREG) Wgmma<T, BN>::template rs<false>(S[0], qa[kk], kd, kk > 0);
-            else Wgmma<T, BN>::ss(S[0], smem_desc(sQa + (kk >> 2) * BM * 128 + (warp >> 2) * 64 * 128 + (kk & 3) * 32,
-                                                  16, 1024), kd, kk > 0);
-        }
-        wg_commit();
-        wg_wait_all();
-        pin<NT>(S[0]);
-        if ((t + 1) * BN > g.mask_from) mask_tile<1, NT>(S, lim, t * BN + 2 * (lane & 3));
-        if (t == g.t_begin) online_softmax_step<1, NT, DT, true>(S, O, st, sl2);
-        else online_softmax_step<1, NT, DT, false>(S, O, st, sl2);
-
-        // O += P V_t: k-step kk takes keys 16kk.. (2048 bytes into the tile)
-        u32 a[C::KN][4];
-#pragma unroll
-        for (int kk = 0; kk < C::KN; ++kk) {
-            a[kk][0] = Mma<T>::pack(S[0][2 * kk][0], S[0][2 * kk][1]);
-            a[kk][1] = Mma<T>::pack(S[0][2 * kk][2], S[0][2 * kk][3]);
-            a[kk][2] = Mma<T>::pack(S[0][2 * kk + 1][0], S[0][2 * kk + 1][1]);
-            a[kk][3] = Mma<T>::pack(S[0][2 * kk + 1][2], S[0][2 * kk + 1][3]);
-        }
-        pin<DT>(O[0]);
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < C::KN; ++kk)
-            Wgmma<T, D>::template rs<true>(O[0], a[kk], smem_desc(vb + kk * 2048, BN * 128, 1024), 1);
-        wg_commit();
-        wg_wait_all();
-        pin<DT>(O[0]);
+        const u32 slot = ((t - g.t_begin) % STAGES) * C::KV_BYTES;
+        const u32 sQw = sQa + (warp >> 2) * 64 * 128;     // this warpgroup's 64 rows of Q
+        wg_tile<T, D, BN, BM, QREG>(S, O, st, qa, sQw, sKa + slot, sVa + slot, t, t == g.t_begin, g, lim, lane, sl2);
     }
     cp_async_wait<0>();
 
@@ -237,6 +276,161 @@ __device__ __forceinline__ void attn_fwd_wg(const FwdParams& p) {
 #endif
 }
 
+
+// Warp-specialised: warpgroup 0 loads (cp.async, signalled through mbarriers), warpgroups 1
+// and 2 compute 64 rows each, Q in registers; no block-wide barrier in the loop.  Each of the
+// STAGES slots has a "full" barrier (the producer's 128 threads' copies landed) and an "empty"
+// one (both consumers' 256 threads are done with it).  Registers move from the producer (40)
+// to the consumers (232).  No split code: split grids take attn_fwd_wg.
+template <int D, int BN, int STAGES>
+struct WsCfg {
+    static constexpr int THREADS = 384, BM = 128, PRODUCER_REGS = 40, CONSUMER_REGS = 232;
+    static constexpr int KV_BYTES = BN * D * 2;
+    static constexpr int SMEM_BYTES = 2 * STAGES * KV_BYTES + 1024;
+    static_assert(D == 64 || D == 128, "D: 64 or 128");
+    static_assert(BN == 64 || BN == 128, "BN: 64 or 128");
+};
+
+template <typename T, int D, int BN, int STAGES>
+__device__ __forceinline__ void attn_fwd_ws(const FwdParams& p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    typedef WsCfg<D, BN, STAGES> C;
+    constexpr int NT = BN / 8, DT = D / 8, BM = C::BM;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    __shared__ __align__(8) unsigned long long bars[2 * STAGES];     // full[s], empty[s]
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const Geometry g = block_geometry<BM, BN>(p);
+    const HeadPtrs<unsigned short> hp = head_ptrs<unsigned short>(p, g);
+    const u32 sKa = (smem_u32(smem_raw) + 1023u) & ~1023u;
+    const u32 sVa = sKa + STAGES * C::KV_BYTES;
+    const u32 full = smem_u32(bars), empty = full + 8 * STAGES;
+    if (tid == 0) {
+#pragma unroll
+        for (int s = 0; s < STAGES; ++s) { mbar_init(full + 8 * s, 128); mbar_init(empty + 8 * s, 256); }
+    }
+    __syncthreads();
+
+    if (warp < 4) {
+        regs_dec<C::PRODUCER_REGS>();
+        for (int t = g.t_begin; t < g.t_end; ++t) {
+            const int i = t - g.t_begin, s = i % STAGES, round = i / STAGES;
+            if (round > 0) mbar_wait(empty + 8 * s, (round - 1) & 1);
+            load_kv_tile<BN, D, 128, true>(sKa + s * C::KV_BYTES, hp.k, p.k_ss, t * BN, g.L, p.d);
+            load_kv_tile<BN, D, 128, true>(sVa + s * C::KV_BYTES, hp.v, p.v_ss, t * BN, g.L, p.d);
+            cp_async_arrive(full + 8 * s);
+        }
+        cp_async_wait<0>();
+        return;
+    }
+    regs_inc<C::CONSUMER_REGS>();
+    const int c = (warp >> 2) - 1;                    // consumer 0 or 1
+    const int rbase = g.r0 + (warp - 4) * 16;
+    int lim[1][2];
+    row_limits<1>(lim, p, g, rbase, lane);
+    u32 qa[D / 16][4];
+    load_q_fragments<D / 16>(qa, p, g, hp, rbase, lane);
+    float O[1][DT][4], S[1][NT][4];
+    zero_acc<DT>(O[0]);
+    zero_acc<NT>(S[0]);
+    u32 P[BN / 16][4];                               // P_{t-1}: the A operand of the product in flight
+    RowState<1> st;
+    st.init();
+    const float sl2 = p.scale_log2;
+
+    // Ping-pong: the consumers take turns issuing their products (named barrier 1 + c is
+    // this consumer's turn, opened by the other after it issued), so that one's softmax
+    // runs while the other's products occupy the tensor cores.  Consumer 0 goes first.
+    auto my_turn = [&] {
+        if (c == 0) asm volatile("bar.sync 1, 256;\n" ::: "memory");
+        else asm volatile("bar.sync 2, 256;\n" ::: "memory");
+    };
+    auto your_turn = [&] {
+        if (c == 0) asm volatile("bar.arrive 2, 256;\n" ::: "memory");
+        else asm volatile("bar.arrive 1, 256;\n" ::: "memory");
+    };
+    if (c == 1) your_turn();
+    auto issue_s = [&](u32 kb) {
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+            Wgmma<T, BN>::template rs<false>(S[0], qa[kk], smem_desc(kb + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024),
+                                             kk > 0);
+        wg_commit();
+    };
+    auto issue_pv = [&](u32 vb) {
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk)
+            Wgmma<T, D>::template rs<true>(O[0], P[kk], smem_desc(vb + kk * 2048, BN * 128, 1024), 1);
+        wg_commit();
+    };
+    auto pack_p = [&] {
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk) {
+            P[kk][0] = Mma<T>::pack(S[0][2 * kk][0], S[0][2 * kk][1]);
+            P[kk][1] = Mma<T>::pack(S[0][2 * kk][2], S[0][2 * kk][3]);
+            P[kk][2] = Mma<T>::pack(S[0][2 * kk + 1][0], S[0][2 * kk + 1][1]);
+            P[kk][3] = Mma<T>::pack(S[0][2 * kk + 1][2], S[0][2 * kk + 1][3]);
+        }
+    };
+    // Tile t_begin: S alone.  Then iteration t issues S_t and P_{t-1} V_{t-1} together, takes
+    // the softmax of S_t while the second product runs, rescales O once it landed and frees
+    // slot t - 1.  (The first tile peeled off: a conditional product inside the loop makes
+    // ptxas serialise every wgmma.)
+    if (g.t_begin < g.t_end) {
+        const int t = g.t_begin;
+        mbar_wait(full, 0);
+        fence_proxy_async();
+        my_turn();
+        wg_fence();
+        issue_s(sKa);
+        your_turn();
+        wg_wait<0>();
+        pin<NT>(S[0]);
+        float alpha[1][2];
+        if ((t + 1) * BN > g.mask_from) mask_tile<1, NT>(S, lim, t * BN + 2 * (lane & 3));
+        softmax_update<1, NT, true>(S, st, sl2, alpha);
+        pack_p();
+    }
+    for (int t = g.t_begin + 1; t < g.t_end; ++t) {
+        const int i = t - g.t_begin, s = i % STAGES;
+        mbar_wait(full + 8 * s, (i / STAGES) & 1);
+        fence_proxy_async();
+        const int sp = (i + STAGES - 1) % STAGES;
+        my_turn();
+        pin<DT>(O[0]);
+        wg_fence();
+        issue_s(sKa + s * C::KV_BYTES);
+        issue_pv(sVa + sp * C::KV_BYTES);
+        your_turn();
+        float alpha[1][2];
+        wg_wait<1>();
+        pin<NT>(S[0]);
+        if ((t + 1) * BN > g.mask_from) mask_tile<1, NT>(S, lim, t * BN + 2 * (lane & 3));
+        softmax_update<1, NT, false>(S, st, sl2, alpha);
+        wg_wait<0>();
+        pin<DT>(O[0]);
+        mbar_arrive(empty + 8 * sp);
+        rescale_output<1, DT>(O, alpha);
+        pack_p();
+    }
+    if (g.t_begin < g.t_end) {
+        const int sp = (g.t_end - 1 - g.t_begin) % STAGES;
+        my_turn();
+        pin<DT>(O[0]);
+        wg_fence();
+        issue_pv(sVa + sp * C::KV_BYTES);
+        your_turn();
+        wg_wait<0>();
+        pin<DT>(O[0]);
+        mbar_arrive(empty + 8 * sp);
+    }
+    if (c == 0) my_turn();                           // the other's last opening
+    store_rows<T, 1, DT>(p, g, O, st, rbase, lane, false);
+#else
+    __trap();
+#endif
+}
+
 }  // namespace csattn
 
 // Entry points: T in cs::half_t, cs::bf16_t; 128 * WGS threads; dynamic shared memory
@@ -245,4 +439,12 @@ __device__ __forceinline__ void attn_fwd_wg(const FwdParams& p) {
     extern "C" __global__ void __launch_bounds__(128 * (WGS), MINB) NAME(CS_ATTN_PARAMS(T)) {  \
         CS_ATTN_FILL(prm)                                                                      \
         csattn::attn_fwd_wg<T, D, BN, STAGES, QREG, WGS, SPLIT>(prm);                          \
+    }
+
+// Warp-specialised instances: 384 threads, one block an SM; dynamic shared memory
+// WsCfg<D, BN, STAGES>::SMEM_BYTES.
+#define CS_ATTN_WS(NAME, T, D, BN, STAGES)                                                     \
+    extern "C" __global__ void __launch_bounds__(384, 1) NAME(CS_ATTN_PARAMS(T)) {             \
+        CS_ATTN_FILL(prm)                                                                      \
+        csattn::attn_fwd_ws<T, D, BN, STAGES>(prm);                                            \
     }

@@ -366,9 +366,11 @@ def _variant_ids():
 def test_kernel_variants(xp, kind, cfg, monkeypatch):
     if not is_cupy(xp):
         pytest.skip("GPU only")
-    if isinstance(cfg, _attention.WGConfig) and not _kernels.has_wgmma():
+    if isinstance(cfg, (_attention.WGConfig, _attention.WSConfig)) and not _kernels.has_wgmma():
         pytest.skip("wgmma kernels need compute capability 9.0")
     monkeypatch.setitem(_attention.TUNE, kind, {**getattr(_attention, kind.upper()), cfg.D: cfg})
+    if isinstance(cfg, _attention.WSConfig):
+        monkeypatch.setitem(_attention.TUNE, "splits", 1)   # it has no split code
     rng = np.random.default_rng(17)
     d = cfg.D
     shapes = ([(2, 4, 2, 133, 170, d, True), (1, 3, 3, 77, 77, d, False), (1, 2, 1, 300, 45, d, True),
