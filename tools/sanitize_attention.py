@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """Attention kernels on odd shapes, for compute-sanitizer (memcheck, racecheck).
 
-Prefill (float16/bfloat16, head_dim 64/80/128/256, causal, GQA), decode with kv_lens,
-the float32/float64 SIMT path, forced key splits (merged through global memory and on
-chip) and merges of 5 and 11 parts.
+Prefill (float16/bfloat16, head_dim 64/80/128/256, causal, GQA), the Hopper prefill
+variants (wgmma, warp-specialised) over many key tiles, decode with kv_lens, the
+float32/float64 SIMT path, forced key splits (merged through global memory and on chip)
+and merges of 5 and 11 parts.
 """
 
 import cupy as cp
 import ml_dtypes
 import numpy as np
 
-from cupy_softmax import _attention
+from cupy_softmax import _attention, _kernels
 from cupy_softmax import attention, merge_attention
 
 rng = np.random.default_rng(0)
@@ -40,6 +41,19 @@ def main():
         attention(q, k, v, causal=causal, return_lse=True, kv_lens=lens)
         cp.cuda.Device().synchronize()
         print("ok", B, Hq, Hkv, Lq, Lk, d, causal, np.dtype(dtype).name, flush=True)
+    # the Hopper prefill kernels without splits, over more key tiles than K/V slots (every
+    # slot reused), causal with q_len < kv_len and kv_lens (Hopper only)
+    _attention.TUNE["splits"] = 1
+    hopper = [c for c in _attention.CANDIDATES["prefill"][128] if not isinstance(c, _attention.TCConfig)]
+    for cfg in hopper if _kernels.has_wgmma() else []:
+        _attention.TUNE["prefill"] = {**_attention.PREFILL, 128: cfg}
+        for causal in (False, True):
+            q = random((2, 4, 150, 128), np.float16)
+            k, v = random((2, 2, 700, 128), np.float16), random((2, 2, 700, 128), np.float16)
+            attention(q, k, v, causal=causal, return_lse=True, kv_lens=[700, 611])
+            cp.cuda.Device().synchronize()
+            print("ok", tuple(cfg), "causal" if causal else "", flush=True)
+    _attention.TUNE.pop("prefill", None)
     _attention.TUNE["splits"] = 3
     q = random((1, 4, 40, 64), np.float16)
     k, v = random((1, 2, 300, 64), np.float16), random((1, 2, 300, 64), np.float16)
