@@ -78,7 +78,7 @@ class WGConfig(NamedTuple):
     WGS: int
     MINB: int
 
-    WN = 1
+    WN = 1          # no warps along the keys of a tile (the decode configs have WN > 1)
 
     @property
     def threads(self):
@@ -103,7 +103,7 @@ class WSConfig(NamedTuple):
     BN: int
     STAGES: int
 
-    WN = 1
+    WN = 1          # as WGConfig's
     threads = 384
     BM = 128
 

@@ -86,6 +86,16 @@ template <> struct Mma<cs::bf16_t> {
     }
 };
 
+// The m16k16 A fragment of 16-bit probabilities from two adjacent n8 accumulator tiles
+// (keys 16k..16k+7 in lo, 16k+8.. in hi): FlashAttention's reuse of S's registers as P.
+template <typename T>
+__device__ __forceinline__ void pack_a(u32 (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
+    a[0] = Mma<T>::pack(lo[0], lo[1]);
+    a[1] = Mma<T>::pack(lo[2], lo[3]);
+    a[2] = Mma<T>::pack(hi[0], hi[1]);
+    a[3] = Mma<T>::pack(hi[2], hi[3]);
+}
+
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 __device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
 
@@ -557,12 +567,7 @@ __device__ __forceinline__ void attn_fwd(const FwdParams& p) {
         for (int kk = 0; kk < C::KN; ++kk) {
             u32 a[MI][4];
 #pragma unroll
-            for (int mi = 0; mi < MI; ++mi) {
-                a[mi][0] = Mma<T>::pack(S[mi][2 * kk][0], S[mi][2 * kk][1]);
-                a[mi][1] = Mma<T>::pack(S[mi][2 * kk][2], S[mi][2 * kk][3]);
-                a[mi][2] = Mma<T>::pack(S[mi][2 * kk + 1][0], S[mi][2 * kk + 1][1]);
-                a[mi][3] = Mma<T>::pack(S[mi][2 * kk + 1][2], S[mi][2 * kk + 1][3]);
-            }
+            for (int mi = 0; mi < MI; ++mi) pack_a<T>(a[mi], S[mi][2 * kk], S[mi][2 * kk + 1]);
 #pragma unroll
             for (int dp = 0; dp < DT / 2; ++dp) {
                 u32 bb[4];

@@ -153,6 +153,29 @@ __device__ __forceinline__ void load_q_fragments(u32 (&qa)[KD][4], const FwdPara
     }
 }
 
+// S = Q K^T of one key tile (K at kb; Q in registers, or at sQw): k-step kk reads 32 bytes
+// of every row, in panel kk / 4.  Issued and committed, not waited for.
+template <typename T, int D, int BN, int BM, bool QREG, int KD>
+__device__ __forceinline__ void issue_scores(float (&S)[BN / 8][4], const u32 (&qa)[KD][4], u32 sQw, u32 kb) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const unsigned long long kd = smem_desc(kb + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024);
+        if constexpr (QREG) Wgmma<T, BN>::template rs<false>(S, qa[kk], kd, kk > 0);
+        else Wgmma<T, BN>::ss(S, smem_desc(sQw + (kk >> 2) * BM * 128 + (kk & 3) * 32, 16, 1024), kd, kk > 0);
+    }
+    wg_commit();
+}
+
+// O += P V of one key tile (V at vb): k-step kk takes keys 16kk.. (2048 bytes into the tile).
+// Issued and committed, not waited for.
+template <typename T, int D, int BN>
+__device__ __forceinline__ void issue_pv(float (&O)[D / 8][4], const u32 (&P)[BN / 16][4], u32 vb) {
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk)
+        Wgmma<T, D>::template rs<true>(O, P[kk], smem_desc(vb + kk * 2048, BN * 128, 1024), 1);
+    wg_commit();
+}
+
 // One key tile t of a warpgroup, its K and V at kb and vb (and Q at sQw unless QREG):
 // S = Q K^T, masks, the online-softmax step (which rescales O unless first), O += P V.
 // Waits for both products; K and V may be overwritten once it returns.
@@ -160,37 +183,20 @@ template <typename T, int D, int BN, int BM, bool QREG, int KD>
 __device__ __forceinline__ void wg_tile(float (&S)[1][BN / 8][4], float (&O)[1][D / 8][4], RowState<1>& st,
                                         const u32 (&qa)[KD][4], u32 sQw, u32 kb, u32 vb, int t, bool first,
                                         const Geometry& g, const int (&lim)[1][2], int lane, float sl2) {
-    constexpr int NT = BN / 8, DT = D / 8, KN = BN / 16;
-    // S = Q K_t^T: k-step kk reads 32 bytes of every row, in panel kk / 4
+    constexpr int NT = BN / 8, DT = D / 8;
     wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        const unsigned long long kd = smem_desc(kb + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024);
-        if constexpr (QREG) Wgmma<T, BN>::template rs<false>(S[0], qa[kk], kd, kk > 0);
-        else Wgmma<T, BN>::ss(S[0], smem_desc(sQw + (kk >> 2) * BM * 128 + (kk & 3) * 32, 16, 1024), kd, kk > 0);
-    }
-    wg_commit();
+    issue_scores<T, D, BN, BM, QREG>(S[0], qa, sQw, kb);
     wg_wait<0>();
     pin<NT>(S[0]);
     if ((t + 1) * BN > g.mask_from) mask_tile<1, NT>(S, lim, t * BN + 2 * (lane & 3));
     if (first) online_softmax_step<1, NT, DT, true>(S, O, st, sl2);
     else online_softmax_step<1, NT, DT, false>(S, O, st, sl2);
-
-    // O += P V_t: k-step kk takes keys 16kk.. (2048 bytes into the tile)
-    u32 a[KN][4];
+    u32 P[BN / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < KN; ++kk) {
-        a[kk][0] = Mma<T>::pack(S[0][2 * kk][0], S[0][2 * kk][1]);
-        a[kk][1] = Mma<T>::pack(S[0][2 * kk][2], S[0][2 * kk][3]);
-        a[kk][2] = Mma<T>::pack(S[0][2 * kk + 1][0], S[0][2 * kk + 1][1]);
-        a[kk][3] = Mma<T>::pack(S[0][2 * kk + 1][2], S[0][2 * kk + 1][3]);
-    }
+    for (int kk = 0; kk < BN / 16; ++kk) pack_a<T>(P[kk], S[0][2 * kk], S[0][2 * kk + 1]);
     pin<DT>(O[0]);
     wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < KN; ++kk)
-        Wgmma<T, D>::template rs<true>(O[0], a[kk], smem_desc(vb + kk * 2048, BN * 128, 1024), 1);
-    wg_commit();
+    issue_pv<T, D, BN>(O[0], P, vb);
     wg_wait<0>();
     pin<DT>(O[0]);
 }
@@ -350,27 +356,9 @@ __device__ __forceinline__ void attn_fwd_ws(const FwdParams& p) {
         else asm volatile("bar.arrive 1, 256;\n" ::: "memory");
     };
     if (c == 1) your_turn();
-    auto issue_s = [&](u32 kb) {
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk)
-            Wgmma<T, BN>::template rs<false>(S[0], qa[kk], smem_desc(kb + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024),
-                                             kk > 0);
-        wg_commit();
-    };
-    auto issue_pv = [&](u32 vb) {
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk)
-            Wgmma<T, D>::template rs<true>(O[0], P[kk], smem_desc(vb + kk * 2048, BN * 128, 1024), 1);
-        wg_commit();
-    };
     auto pack_p = [&] {
 #pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            P[kk][0] = Mma<T>::pack(S[0][2 * kk][0], S[0][2 * kk][1]);
-            P[kk][1] = Mma<T>::pack(S[0][2 * kk][2], S[0][2 * kk][3]);
-            P[kk][2] = Mma<T>::pack(S[0][2 * kk + 1][0], S[0][2 * kk + 1][1]);
-            P[kk][3] = Mma<T>::pack(S[0][2 * kk + 1][2], S[0][2 * kk + 1][3]);
-        }
+        for (int kk = 0; kk < BN / 16; ++kk) pack_a<T>(P[kk], S[0][2 * kk], S[0][2 * kk + 1]);
     };
     // Tile t_begin: S alone.  Then iteration t issues S_t and P_{t-1} V_{t-1} together, takes
     // the softmax of S_t while the second product runs, rescales O once it landed and frees
@@ -382,7 +370,7 @@ __device__ __forceinline__ void attn_fwd_ws(const FwdParams& p) {
         fence_proxy_async();
         my_turn();
         wg_fence();
-        issue_s(sKa);
+        issue_scores<T, D, BN, BM, true>(S[0], qa, 0u, sKa);
         your_turn();
         wg_wait<0>();
         pin<NT>(S[0]);
@@ -399,8 +387,8 @@ __device__ __forceinline__ void attn_fwd_ws(const FwdParams& p) {
         my_turn();
         pin<DT>(O[0]);
         wg_fence();
-        issue_s(sKa + s * C::KV_BYTES);
-        issue_pv(sVa + sp * C::KV_BYTES);
+        issue_scores<T, D, BN, BM, true>(S[0], qa, 0u, sKa + s * C::KV_BYTES);
+        issue_pv<T, D, BN>(O[0], P, sVa + sp * C::KV_BYTES);
         your_turn();
         float alpha[1][2];
         wg_wait<1>();
@@ -418,7 +406,7 @@ __device__ __forceinline__ void attn_fwd_ws(const FwdParams& p) {
         my_turn();
         pin<DT>(O[0]);
         wg_fence();
-        issue_pv(sVa + sp * C::KV_BYTES);
+        issue_pv<T, D, BN>(O[0], P, sVa + sp * C::KV_BYTES);
         your_turn();
         wg_wait<0>();
         pin<DT>(O[0]);
