@@ -190,8 +190,9 @@ CANDIDATES = {
 SIMT_DP = (64, 128, 256)
 SIMT_BK = 16
 
-# Overrides for benchmarks and tests ("prefill": {D: TCConfig or WGConfig}, "decode": {D:
-# TCConfig}, "splits": int, "on_chip": False to merge every split through global memory).
+# Overrides for benchmarks and tests ("prefill": {D: TCConfig, WGConfig or WSConfig},
+# "decode": {D: TCConfig}, "splits": int, "on_chip": False to merge every split through
+# global memory).
 TUNE = {}
 
 _CTYPES = {"float16": ("f16", "cs::half_t"), "bfloat16": ("bf16", "cs::bf16_t"),
@@ -279,8 +280,8 @@ WGMMA_ARCH = "sm_90a"
 
 def module_source(*lines):
     """NVRTC source of the given instance lines (one at run time; all of them in CI's check).
-    The wgmma instances (CS_ATTN_WG) need the WGMMA_ARCH target; elsewhere their bodies
-    compile to a trap."""
+    The wgmma instances (CS_ATTN_WG, CS_ATTN_WS) need the WGMMA_ARCH target; elsewhere
+    their bodies compile to a trap."""
     return ('#include "decode_attention.cu"\n#include "attention_wgmma.cu"\n'
             + "\n".join(lines) + "\n")
 
