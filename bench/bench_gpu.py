@@ -71,30 +71,42 @@ extern "C" __global__ void spin(long long cycles) {
 }
 """
 _spin_kernel = None
+_clock_khz = None
 
 
 def spin(us):
     """Keep the GPU busy for about `us` microseconds (hides host enqueue overhead)."""
-    global _spin_kernel
+    global _spin_kernel, _clock_khz
     if _spin_kernel is None:
         _spin_kernel = cupy.RawKernel(_SPIN_SRC, "spin")
-    clock_khz = cupy.cuda.runtime.getDeviceProperties(0)["clockRate"]
-    _spin_kernel((1,), (1,), (int(us * clock_khz / 1000),))
+        _clock_khz = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["clockRate"]
+    _spin_kernel((1,), (1,), (int(us * _clock_khz / 1000),))
 
 
 def time_op(fn, args_list, reps, warmup=3, spin_us=150):
-    """Median CUDA-event time (us) of fn(*args), rotating over args_list."""
+    """Median CUDA-event time (us) of fn(*args), rotating over args_list.
+
+    Each call is queued behind a spin kernel, so that the host's time to issue it is
+    not timed.  Where the spin had already ended when the call was queued (the GPU
+    waited for the host between the start event and the call's kernels), that call is
+    timed again behind a spin four times as long (up to 64 times)."""
     stream = cupy.cuda.get_current_stream()
     for i in range(warmup):
         fn(*args_list[i % len(args_list)])
     stream.synchronize()
     events = []
     for i in range(reps):
-        spin(spin_us)
-        a, b = cupy.cuda.Event(), cupy.cuda.Event()
-        a.record(stream)
-        fn(*args_list[i % len(args_list)])
-        b.record(stream)
+        args = args_list[i % len(args_list)]
+        s = spin_us
+        while True:
+            spin(s)
+            a, b = cupy.cuda.Event(), cupy.cuda.Event()
+            a.record(stream)
+            fn(*args)
+            b.record(stream)
+            if not a.done or s >= 64 * spin_us:
+                break
+            s *= 4
         events.append((a, b))
     stream.synchronize()
     return statistics.median(cupy.cuda.get_elapsed_time(a, b) * 1e3 for a, b in events)
