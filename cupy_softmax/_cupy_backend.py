@@ -13,7 +13,8 @@ in ``_kernels.py``:
   (cooperative launch, mode 1).  Past what the GPU can hold at once: state
   (``row_stats``), then normalise (mode 2).
 * inner > 1 (columns): ``col_softmax`` reads W consecutive columns coalesced and
-  walks n, split over G blocks in the same way when n is a few blocks long, and
+  walks n, split over G blocks in the same way when n is a few blocks long (a
+  cluster of ``K.COL_CLUSTER`` blocks where ``K.COL_CLUSTER_MAX_N`` says so), and
   state (``col_stats``) then normalise (``col_normalize``) beyond
   (``K.COL_SPLIT_MAX``).
 * logsumexp / partial_state stream the input once (``row_stats`` / ``col_stats``);
@@ -39,7 +40,8 @@ from . import _kernels as K
 #   "col_R": rows per thread of col_softmax (one of COL_R); "stats_G": chunks per slice;
 #   "stats_epp": elements a thread per pass of row_stats (one of K.stats_epps);
 #   "col_row_bytes": bytes of a row that a column block's TX threads cover;
-#   "norm_row_bytes": the same for col_normalize (K.COL_NORM_ROW_BYTES).
+#   "norm_row_bytes": the same for col_normalize (K.COL_NORM_ROW_BYTES);
+#   "col_cluster_strip": row bytes of the column cluster route's strips (0: not taken).
 TUNE = {}
 
 
@@ -289,12 +291,50 @@ def _col_layout(x3, itemsize, out3=None, row_bytes=None):
     return vec, tx.bit_length() - 1
 
 
+def _col_cluster_strip(itemsize, n, inner):
+    """Bytes of a row that the column cluster route's strips cover: the widest strip
+    whose cluster holds the slice, taken only where every block of the cluster gets rows
+    (K.COL_CLUSTER_MAX_N) and the rows are as wide as the strip; else None."""
+    if n > K.COL_CLUSTER_MAX_N[itemsize]:
+        return None
+    chunk_bytes = K.col_softmax_smem(itemsize, K.vec_width(itemsize), K.COL_R[itemsize][-1])
+    for strip in K.COL_CLUSTER_STRIP_BYTES:
+        rows = chunk_bytes // strip                     # a block's share of the strip
+        if K.COL_CLUSTER * rows >= n:
+            full = n > (K.COL_CLUSTER - 1) * rows and inner * itemsize >= strip
+            return strip if full else None
+    return None
+
+
+def _col_softmax_cluster(x3, out3, log, strip):
+    """One read: the COL_CLUSTER blocks of a cluster share each strip's rows."""
+    outer, n, inner = x3.shape
+    dname = _dtype_name(x3.dtype)
+    isz = x3.itemsize
+    vec, txlog = _col_layout(x3, isz, out3, strip)
+    R, G = K.COL_R[isz][-1], K.COL_CLUSTER
+    name = K.col_softmax_name(DTYPE_KEY[dname], vec, R, G)
+    args = (x3, *_estrides(x3), out3, outer, n, inner, txlog, G, int(log), 0, 0, 0)
+    try:
+        _launch(dname, name, outer * _cdiv(inner, vec << txlog) * G, K.THREADS, args,
+                smem=K.col_softmax_smem(isz, vec, R))
+    except cupy.cuda.driver.CUDADriverError as exc:     # a launch error is not sticky
+        K.disable_clusters()
+        warnings.warn(f"cupy_softmax: cluster launch failed ({exc}); columns split over "
+                      "blocks now exchange through global memory", stacklevel=4)
+        _col_softmax(x3, out3, log)
+
+
 def _col_softmax(x3, out3, log):
     outer, n, inner = x3.shape
     dname = _dtype_name(x3.dtype)
     isz = x3.itemsize
     xs0, xs1, xs2 = _estrides(x3)
     vec, txlog = _col_layout(x3, isz, out3)
+    strip = TUNE.get("col_cluster_strip", _col_cluster_strip(isz, n, inner))
+    if vec > 1 and strip and K.has_clusters() and not TUNE.get("three_pass"):
+        _col_softmax_cluster(x3, out3, log, strip)
+        return
     TX = 1 << txlog
     TY = K.THREADS // TX
     rs = K.COL_R[isz]

@@ -93,6 +93,22 @@ SPLIT_CHUNKS = {4: [(256, 8), (256, 16), (256, 32)], 2: [(256, 16), (256, 32), (
 # (32768x1024 stats: 74% against 61%).
 COL_R = {4: (1, 4, 16), 2: (1, 4, 16), 8: (1, 4, 16)}
 COL_SPLIT_MAX = 16
+
+# Column slices that fill a cluster of COL_CLUSTER blocks (16-byte vectors, sm_90), each
+# block staging 64 KB of a strip (its rows; COL_R[-1] vectors a thread), exchange their
+# states through distributed shared memory and read the input once.  The strip is the
+# widest of COL_CLUSTER_STRIP_BYTES whose cluster holds n, taken only where n leaves no
+# block of the cluster without rows, rows are at least as wide as the strip, and n <=
+# COL_CLUSTER_MAX_N.  H200 (session 12), softmax axis 0, us, before (three passes or
+# mode 1) -> cluster: float32 8192x32000 792 -> 745, 8192x4096 121 -> 109, 4096x8192
+# 115.5 -> 104.6, 2048x16384 116.3 -> 104.1; float64 8192x16000 1292 -> 1016, 4096x8192
+# 339 -> 269; float16 4096x8192 96 -> 87, but 8192x32000 487 -> 565 (two blocks an SM).
+# Slower: strips of 16 or 32 bytes (2-3x), clusters with ranks left idle (5000 or 6000
+# rows of 1024-row shares: 20-35%), rows of 1024 (512-byte strips, 12%), and shares of
+# the rows evened out over the ranks (a chunk end per block: 8192x32000 745 -> 792 us).
+COL_CLUSTER = 8
+COL_CLUSTER_MAX_N = {4: 8192, 8: 8192, 2: 4096}
+COL_CLUSTER_STRIP_BYTES = (256, 128, 64)
 COL_ROW_BYTES = (128, 512)
 
 # col_normalize (columns against given states: the last pass of the three-pass route,
@@ -165,8 +181,10 @@ def instances(dtype_name):
                              stats_min_blocks(itemsize, has_b, packed_epp=epp if vec > 1 else None))))
         for r in COL_R[itemsize]:
             minb = col_softmax_min_blocks(itemsize, vec, r)
-            out.append(("CS_COL_SOFTMAX", col_softmax_name(key, vec, r),
-                        (ctype, vec, THREADS, r, minb)))
+            for xch in (0, COL_CLUSTER) if vec > 1 and r == COL_R[itemsize][-1] else (0,):
+                cluster = f"CS_CLUSTER({xch})" if xch else ""
+                out.append(("CS_COL_SOFTMAX", col_softmax_name(key, vec, r, xch),
+                            (ctype, vec, THREADS, r, xch, minb, cluster)))
         out.append(("CS_COL_NORMALIZE", col_normalize_name(key, vec),
                     (ctype, vec, THREADS, COL_NORM_R, min_blocks(THREADS, 0, 64))))
         for has_b in (0, 1):
@@ -229,8 +247,8 @@ def row_stats_name(key, vec, has_b, epp):
     return f"row_stats_{key}_v{vec}_b{int(has_b)}_e{epp}"
 
 
-def col_softmax_name(key, vec, r):
-    return f"col_softmax_{key}_v{vec}_r{r}"
+def col_softmax_name(key, vec, r, xch=0):
+    return f"col_softmax_{key}_v{vec}_r{r}" + (f"_x{xch}" if xch else "")
 
 
 def col_normalize_name(key, vec):

@@ -710,4 +710,30 @@ __device__ __forceinline__ State<A> cluster_exchange_state(State<A> st, State<A>
     return g;
 }
 
+// The column version: every thread of column tx holds the block's states st[VEC] of
+// its VEC columns (a TX x TY block, TX <= 32); pub: VEC * 32 __shared__ states.  Thread
+// row ty < G reads block ty's states, and the block merges them as it merged its rows,
+// so every block of the cluster gets the same bits.  Ends like cluster_exchange_state.
+template <int THREADS, int VEC, int G, typename A>
+__device__ __forceinline__ void column_exchange_cluster(State<A>* st, State<A>* pub, A* red,
+                                                        int tx, int ty, int TX) {
+    static_assert(G >= 2 && G <= 32, "a cluster of 2..32 blocks");
+    if (ty == 0) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) pub[tx * VEC + e] = st[e];
+    }
+    cluster_arrive();
+    cluster_wait();
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+        st[e] = empty_state<A>();
+        if (ty < G) {
+            st[e].m = ld_peer(&pub[tx * VEC + e].m, (unsigned)ty);
+            st[e].s = ld_peer(&pub[tx * VEC + e].s, (unsigned)ty);
+        }
+    }
+    column_allreduce_state<THREADS, VEC>(st, red, TX);   // (its barrier: reads are done)
+    cluster_arrive_relaxed();
+}
+
 }  // namespace cs

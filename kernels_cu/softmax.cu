@@ -421,9 +421,10 @@ __device__ __forceinline__ bool col_merge_chunks(State<A>* st, A* wm, A* ws, i64
 
 // ---------------------------------------------------------------- columns: softmax in one pass
 // Slices of n that G blocks hold on chip together: each block stages TY * R rows of its
-// strip; G > 1 blocks (a cooperative launch) exchange their states through global
-// memory (mode 1).  Longer slices: col_stats, then col_normalize.
-template <typename T, int VEC, int THREADS, int R>
+// strip.  XCH 0: G > 1 blocks (a cooperative launch) exchange their states through
+// global memory (mode 1); XCH >= 2: G == XCH blocks of a cluster exchange them through
+// distributed shared memory.  Longer slices: col_stats, then col_normalize.
+template <typename T, int VEC, int THREADS, int R, int XCH>
 __device__ __forceinline__ void col_softmax(
     const T* __restrict__ x, i64 xs0, i64 xs1, i64 xs2, T* __restrict__ out,
     i64 outer, i64 n, i64 inner, i64 txlog, i64 G, i64 log_,
@@ -431,6 +432,7 @@ __device__ __forceinline__ void col_softmax(
 {
     typedef typename AccOf<T>::type A;
     __shared__ A rm[VEC * THREADS];
+    __shared__ State<A> pub[XCH >= 2 ? 32 * VEC : 1];   // this block's column states (TX <= 32)
     Chunk<T, VEC, THREADS, R, STAGED> stage;       // vector r: row r of the thread's columns
     const ColTile t(THREADS, txlog, VEC, inner);
     const i64 groups = outer * t.strips;
@@ -465,7 +467,9 @@ __device__ __forceinline__ void col_softmax(
         column_allreduce<THREADS, VEC, SumOp>(v, rm, t.TX);
 #pragma unroll
         for (int e = 0; e < VEC; ++e) st[e].s = v[e];
-        if (G > 1) {                               // item == grp * G + c
+        if constexpr (XCH >= 2) {                  // c == rank in the cluster
+            column_exchange_cluster<THREADS, VEC, XCH>(st, pub, rm, t.tx, t.ty, t.TX);
+        } else if (G > 1) {                        // item == grp * G + c
             if (t.ty == 0) {
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) {
@@ -485,6 +489,7 @@ __device__ __forceinline__ void col_softmax(
             group_depart(counters + 2 * grp, G);
         }
         col_write(stage, ColNorm<A, VEC>(st, log_), log_, out + o * n * inner, n, inner, i, c * H, t);
+        if constexpr (XCH >= 2) cluster_wait();     // peers have read this block's states
     }
 }
 
@@ -616,13 +621,13 @@ __device__ __forceinline__ void merge_states(
                                                    cnt);                                    \
     }
 
-#define CS_COL_SOFTMAX(NAME, T, VEC, THREADS, R, MINB)                                      \
-    extern "C" __global__ void __launch_bounds__(THREADS, MINB) NAME(                       \
+#define CS_COL_SOFTMAX(NAME, T, VEC, THREADS, R, XCH, MINB, CLUSTER)                       \
+    extern "C" __global__ void __launch_bounds__(THREADS, MINB) CLUSTER NAME(               \
         const T* x, cs::i64 xs0, cs::i64 xs1, cs::i64 xs2, T* out, cs::i64 outer,           \
         cs::i64 n, cs::i64 inner, cs::i64 txlog, cs::i64 G, cs::i64 log_, CS_ACC(T)* sm,    \
         CS_ACC(T)* ss, unsigned* cnt) {                                                     \
-        cs::col_softmax<T, VEC, THREADS, R>(x, xs0, xs1, xs2, out, outer, n, inner, txlog,  \
-                                            G, log_, sm, ss, cnt);                          \
+        cs::col_softmax<T, VEC, THREADS, R, XCH>(x, xs0, xs1, xs2, out, outer, n, inner,    \
+                                                 txlog, G, log_, sm, ss, cnt);              \
     }
 
 #define CS_COL_NORMALIZE(NAME, T, VEC, THREADS, R, MINB)                                    \

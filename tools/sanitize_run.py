@@ -146,6 +146,16 @@ def run(small):
                 (() if small else ((5000, 64), (3000, 130))):
             x_np = host(d, (3, n, inner), rng)
             run_case(f"{d} cols 3x{n}x{inner}", x_np, cupy.asarray(x_np), 1, d, rng)
+        # columns over a cluster (sm_90): by the size table, and forced on slices that
+        # leave the cluster's last ranks without rows
+        x_np = host(d, (2, 2048, 128), rng)
+        run_case(f"{d} cluster cols 2x2048x128", x_np, cupy.asarray(x_np), 1, d, rng)
+        _cupy_backend.TUNE["col_cluster_strip"] = 128
+        try:
+            x_np = host(d, (2, 300, 64), rng)
+            run_case(f"{d} forced cluster cols 2x300x64", x_np, cupy.asarray(x_np), 1, d, rng)
+        finally:
+            _cupy_backend.TUNE.clear()
         x_np = host(d, (1025, 66), rng)
         x = cupy.asarray(x_np)
         run_case(f"{d} misaligned cols", x_np[:, 1:65], x[:, 1:65], 0, d, rng)
