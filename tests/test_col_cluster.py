@@ -14,12 +14,14 @@ import pytest
 import cupy_softmax as cs
 from _helpers import CUPY, CUPY_SKIP_REASON, assert_close, dtype_of, ref_softmax
 
-# (shape, axis, strip bytes); a cluster covers 8 * 64 KB / strip rows of a strip
+# (shape, axis, strip bytes).  A block stages 64 KB: 64 KB / strip rows of a strip as
+# wide as the strip (more where the rows are narrower), and the cluster's 8 blocks take
+# them in turn; comments for float32.
 CASES = [
-    ((1025, 64), 0, 256),           # just past 1024 rows: uneven shares
-    ((2048, 96), 0, 256),           # full capacity; the second strip ends past inner
-    ((100, 8), 0, 256),             # narrow rows (TX capped by inner), the last rank empty
-    ((300, 64), 0, 128),            # the last two ranks empty
+    ((1025, 64), 0, 256),           # ranks 0-3 full, rank 4 one row, 5-7 none
+    ((2048, 96), 0, 256),           # every rank full; the second strip ends past inner
+    ((100, 8), 0, 256),             # rows narrower than the strip: rank 0 alone
+    ((300, 64), 0, 128),            # rank 0 alone
     ((4000, 40), 0, 128),
     ((8192, 40), 0, 64),
     ((3, 1500, 24), 1, 256),        # several slices
