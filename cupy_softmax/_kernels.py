@@ -45,13 +45,18 @@ HOLD_ENUM = {REGS: "cs::IN_REGISTERS", REGS_NO_L1: "cs::IN_REGISTERS_NO_L1", STA
 # 256, 2 vectors a lane at 32 registers (16 blocks of 128 an SM) and no L1 lines,
 # 65536x128 softmax 19.2 us against 20.4 us with 4 vectors a lane (19.7 us without L1
 # lines; but warp rows of 1024 take 72.9 us without L1 lines against 70.3 us, session
-# 6); up to 512, blocks of 128 threads for a finer last wave (session 5).
+# 6); up to 512, blocks of 128 threads for a finer last wave (session 5); from 641 to
+# 1024, a block of 64 threads a row, 4 vectors a thread (40 registers, 25 blocks an SM),
+# not a warp with 8 (session 13, us, warp -> block of 64: 32768x1024 softmax 70.3 ->
+# 68.0, log_softmax 69.6 -> 67.8, 65536x1024 134.6 -> 130.7, 16384x1000 37.9 -> 36.5,
+# 32768x768 54.0 -> 52.1; but 65536x640 softmax 92.9 -> 102.9, so 640 stays a warp's).
 #            max_n   threads  ept  tpr    G  hold
 ROW_TABLE = {
     4: [(256, 128, 8, 0, 1, REGS_NO_L1),    # float32: sub-warp per row, 16-byte vectors of 4
         (512, 128, 16, 0, 1, REGS),
-        (1024, 256, 32, 32, 1, REGS),       # warp per row
-        (2048, 128, 16, 128, 1, STAGED),    # block per row
+        (640, 256, 32, 32, 1, REGS),        # warp per row
+        (1024, 64, 16, 64, 1, REGS),        # block per row
+        (2048, 128, 16, 128, 1, STAGED),
         (4096, 256, 16, 256, 1, REGS),
         (8192, 256, 32, 256, 1, STAGED),
         (16384, 256, 32, 256, 2, STAGED),   # cluster of G blocks per row, 32 KB each
