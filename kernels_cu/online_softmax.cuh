@@ -17,7 +17,7 @@
 // CuPy compiles with -ftz=true.  So that subnormal weights, sums and float32 outputs
 // are not flushed, the float arithmetic on s and on float32 outputs goes through the
 // *_nf helpers below (PTX instructions without .ftz), zero tests look at bits, and
-// exp_acc is an exp that keeps subnormal results.
+// exp_acc and exp_out are exps that keep subnormal results.
 //
 // Also here: element types (float16/bfloat16 as raw bits, converted with PTX), 16-byte
 // vector loads/stores, a thread's chunk in registers or staged in shared memory (cp.async),
@@ -322,12 +322,13 @@ __device__ __forceinline__ float log_acc(float v) {
 }
 __device__ __forceinline__ double log_acc(double v) { return log(v); }
 
-// e^t for softmax outputs: the fast form where the result is a normal float, exp_acc
-// below that, so that subnormal probabilities keep their few bits (-ftz=true would
-// flush them).  Relative error about |t| * 6e-8 + 2 ulp.
+// e^t for softmax outputs: the fast form, with results below float32's normal range
+// taken as 2^(y + 64) * 2^-64, so that subnormal probabilities keep their few bits
+// (-ftz=true would flush them); no branch.  Relative error about |t| * 6e-8 + 2 ulp.
 __device__ __forceinline__ float exp_out(float t) {
     const float y = t * 1.44269504f;
-    return y >= -126.0f ? ex2_ftz(y) : exp_acc(t);    // NaN and -inf take exp_acc
+    const bool low = y < -126.0f;                      // false for NaN
+    return mul_nf(ex2_ftz(low ? y + 64.0f : y), low ? 5.42101086e-20f : 1.0f);
 }
 
 // The exp a softmax output uses: float16's range ends far above float32's subnormals,
@@ -353,10 +354,12 @@ template <typename T, int K, bool PACK = sizeof(T) == 2> struct RawTile {
     __device__ __forceinline__ void load16(int at, const T* p) { load_raw<T, 16 / sizeof(T)>(p, w + at); }
     __device__ __forceinline__ void set(int k, T v) { w[k] = v; }
     __device__ __forceinline__ A get(int k) const { return to_acc(w[k]); }
-    __device__ __forceinline__ A max_all() const {
-        A m = to_acc(w[0]);
+    // max of elements a0, a0 + STRIDE, ... (K / STRIDE of them: STRIDE 1, the whole tile;
+    // else one column of a [row][column] tile)
+    template <int STRIDE = 1> __device__ __forceinline__ A max_of(int a0 = 0) const {
+        A m = to_acc(w[a0]);
 #pragma unroll
-        for (int k = 1; k < K; ++k) m = max_nf(m, to_acc(w[k]));
+        for (int k = 1; k < K / STRIDE; ++k) m = max_nf(m, to_acc(w[a0 + k * STRIDE]));
         return m;
     }
 };
@@ -386,15 +389,21 @@ template <typename T, int K> struct RawTile<T, K, true> {
         v.bits = (unsigned short)((k & 1) ? w[k / 2] >> 16 : w[k / 2] & 0xffffu);
         return to_acc(v);
     }
-    // max of all K elements, on the packed pairs (exact; no element is converted twice)
-    __device__ __forceinline__ float max_all() const {
-        unsigned m = w[0];
+    // As RawTile::max_of, on the packed pairs (exact; no element is converted twice).  An
+    // even STRIDE keeps a column in one half of its pairs: the max of a pair of columns
+    // is one chain, which the two columns' calls share.
+    template <int STRIDE = 1> __device__ __forceinline__ float max_of(int a0 = 0) const {
+        static_assert(STRIDE == 1 || STRIDE % 2 == 0, "columns stay in one half of a pair");
+        constexpr int STEP = STRIDE == 1 ? 1 : STRIDE / 2;          // in pairs
+        constexpr int PAIRS = STRIDE == 1 ? K / 2 : K / STRIDE;
+        unsigned m = w[a0 / 2];
 #pragma unroll
-        for (int q = 1; q < K / 2; ++q) m = max2<T>(m, w[q]);
+        for (int q = 1; q < PAIRS; ++q) m = max2<T>(m, w[a0 / 2 + q * STEP]);
         T lo, hi;
         lo.bits = (unsigned short)(m & 0xffffu);
         hi.bits = (unsigned short)(m >> 16);
-        return max_nf(to_acc(lo), to_acc(hi));
+        if constexpr (STRIDE == 1) return max_nf(to_acc(lo), to_acc(hi));
+        else return to_acc((a0 & 1) ? hi : lo);
     }
 };
 
@@ -418,6 +427,19 @@ template <typename A> __device__ __forceinline__ State<A> merge(State<A> a, Stat
     return r;
 }
 
+// K states merged in one step: the max of all, then every sum rescaled to it and added
+// in index order (a short dependency chain; the same bits wherever the order is the same).
+template <int K, typename A> __device__ __forceinline__ State<A> merge_all(const State<A>* p) {
+    State<A> r;
+    r.m = p[0].m;
+#pragma unroll
+    for (int q = 1; q < K; ++q) r.m = max_nf(r.m, p[q].m);
+    r.s = A(0);
+#pragma unroll
+    for (int q = 0; q < K; ++q) r.s = add_nf(r.s, mul_nf(p[q].s, rescale(p[q].m, r.m)));
+    return r;
+}
+
 // Weighted element: b == 0 masks a, even where a is inf or NaN.
 template <typename A> __device__ __forceinline__ A masked(A a, A b) {
     return is_zero(b) ? neg_inf<A>() : a;
@@ -429,8 +451,8 @@ template <typename A> __device__ __forceinline__ A masked(A a, A b) {
 template <typename A, int K, bool HAS_B, int STRIDE = 1, typename Tile>
 __device__ __forceinline__ void fold_tile(State<A>& st, const Tile& a, int a0, const A* w) {
     A tm = neg_inf<A>();
-    if constexpr (STRIDE == 1 && !HAS_B) {
-        tm = a.max_all();
+    if constexpr (!HAS_B) {
+        tm = a.template max_of<STRIDE>(a0);
     } else {
 #pragma unroll
         for (int k = 0; k < K; ++k) {
@@ -711,29 +733,37 @@ __device__ __forceinline__ State<A> cluster_exchange_state(State<A> st, State<A>
 }
 
 // The column version: every thread of column tx holds the block's states st[VEC] of
-// its VEC columns (a TX x TY block, TX <= 32); pub: VEC * 32 __shared__ states.  Thread
-// row ty < G reads block ty's states, and the block merges them as it merged its rows,
-// so every block of the cluster gets the same bits.  Ends like cluster_exchange_state.
+// its VEC columns (a TX x TY block, TX <= 32); pub: VEC * 32 __shared__ states, red:
+// VEC * THREADS of the block's reduction scratch.  Thread (tx, e) for e < VEC reads the
+// G blocks' states of column e and merges them in rank order (merge_all: every block of
+// the cluster gets the same bits) for the rest of its column: one block barrier, where a
+// reduction over the thread rows took four.  Ends like cluster_exchange_state.
 template <int THREADS, int VEC, int G, typename A>
 __device__ __forceinline__ void column_exchange_cluster(State<A>* st, State<A>* pub, A* red,
-                                                        int tx, int ty, int TX) {
+                                                        int tx, int ty) {
     static_assert(G >= 2 && G <= 32, "a cluster of 2..32 blocks");
+    static_assert(THREADS / 32 >= VEC && THREADS >= 64, "a thread row per column, red holds them");
     if (ty == 0) {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) pub[tx * VEC + e] = st[e];
     }
-    cluster_arrive();
+    cluster_arrive();                              // (also ends every read of red so far)
     cluster_wait();
+    State<A>* merged = reinterpret_cast<State<A>*>(red);
+    if (ty < VEC) {
+        const int q0 = tx * VEC + ty;
+        State<A> p[G];
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-        st[e] = empty_state<A>();
-        if (ty < G) {
-            st[e].m = ld_peer(&pub[tx * VEC + e].m, (unsigned)ty);
-            st[e].s = ld_peer(&pub[tx * VEC + e].s, (unsigned)ty);
+        for (int q = 0; q < G; ++q) {
+            p[q].m = ld_peer(&pub[q0].m, (unsigned)q);
+            p[q].s = ld_peer(&pub[q0].s, (unsigned)q);
         }
+        merged[q0] = merge_all<G>(p);
     }
-    column_allreduce_state<THREADS, VEC>(st, red, TX);   // (its barrier: reads are done)
-    cluster_arrive_relaxed();
+    cluster_arrive_relaxed();                      // done reading the peers
+    __syncthreads();
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) st[e] = merged[tx * VEC + e];
 }
 
 }  // namespace cs

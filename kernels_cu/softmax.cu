@@ -70,6 +70,12 @@ __device__ __forceinline__ void row_softmax(
     __shared__ A red_m[THREADS / 32], red_s[THREADS / 32], bc[2];
     __shared__ State<A> pub;
     Chunk<T, VEC, THREADS, NV, HOLD> stage;        // the chunk: EPT elements per thread
+    // float64 softmax: the sum pass leaves exp(x - m_chunk) in the chunk, so that the
+    // write pass scales it instead of taking a second exp.  float64's exp is a software
+    // routine; float32's is one MUFU op, which costs less than keeping it (bench/NOTES.md,
+    // session 14), and a 16-bit chunk would round the exps to its own precision.
+    constexpr bool EXP_KEEPABLE = sizeof(T) == 8;
+    const bool keep_exp = EXP_KEEPABLE && !log_ && mode != 2;
 
     const int tid = threadIdx.x;
     const RowTile rt(THREADS, tpr_, rows, G);
@@ -113,6 +119,7 @@ __device__ __forceinline__ void row_softmax(
         stage.wait();
 
         State<A> st;
+        A m_chunk = A(0);                          // the max of this block's chunk
         if (mode == 2) {
             st.m = active ? st_m[row] : A(0);
             st.s = active ? st_s[row] : A(1);
@@ -126,14 +133,23 @@ __device__ __forceinline__ void row_softmax(
                 for (int i = 0; i < VEC; ++i) t = max_nf(t, a[i]);
             }
             st.m = group_allreduce<THREADS, MaxOp>(t, tpr, red_m);
+            m_chunk = st.m;
             const A sh = shift(st.m);
             t = A(0);
-            // The sum takes the fast exp: the max adds 1, next to which a term below
-            // float32's normal range (which only exp_out keeps) adds nothing.
 #pragma unroll
             for (int v = 0; v < NV; ++v) {
                 A a[VEC];
                 stage.get(v, a);
+                if constexpr (EXP_KEEPABLE) {
+                    if (keep_exp) {
+#pragma unroll
+                        for (int i = 0; i < VEC; ++i) t = add_nf(t, a[i] = OutExp<T>::f(a[i] - sh));
+                        stage.put(v, a);
+                        continue;
+                    }
+                }
+                // The sum alone takes the fast exp: the max adds 1, next to which a term
+                // below float32's normal range (which only exp_out keeps) adds nothing.
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) t = add_nf(t, exp_fast(a[i] - sh));
             }
@@ -158,6 +174,8 @@ __device__ __forceinline__ void row_softmax(
         const A sh = shift(st.m);
         const A ls = log_ ? log_acc(st.s) : A(0);
         const A inv = log_ ? A(0) : softmax_inv(st);
+        // exp(x - m) = exp(x - m_chunk) * exp(m_chunk - m): one scale for the kept exps.
+        const A scale = keep_exp ? mul_nf(rescale(m_chunk, st.m), inv) : inv;
         T* po = out + (active ? row : 0) * n + j0 + (i64)lane * VEC;   // output rows are contiguous
 #pragma unroll
         for (int v = 0; v < NV; ++v) {
@@ -165,7 +183,7 @@ __device__ __forceinline__ void row_softmax(
             stage.get(v, o);
 #pragma unroll
             for (int i = 0; i < VEC; ++i)
-                o[i] = log_ ? (o[i] - sh) - ls : mul_nf(OutExp<T>::f(o[i] - sh), inv);
+                o[i] = log_ ? (o[i] - sh) - ls : mul_nf(keep_exp ? o[i] : OutExp<T>::f(o[i] - sh), scale);
             const int off = v * tpr * VEC;
             if (VEC > 1 && rem - off >= VEC) {
                 store_vec<T, VEC>(po + off, o);
@@ -301,11 +319,12 @@ template <typename T, int VEC, int THREADS, int R, int HOLD>
 __device__ __forceinline__ void col_fetch(Chunk<T, VEC, THREADS, R, HOLD>& stage, const T* xo,
                                           i64 xs1, i64 je, i64 inner, i64 i, i64 j0,
                                           const ColTile& t) {
+    const i64 rows = je - (j0 + t.ty);            // this thread's rows, from its first on
+    const T* p = xo + (j0 + t.ty) * xs1;
+    const i64 step = (i64)t.TY * xs1;
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const i64 j = j0 + t.ty + (i64)r * t.TY;
-        const T* p = xo + j * xs1;
-        if (j < je && i < inner) {
+    for (int r = 0; r < R; ++r, p += step) {
+        if ((i64)r * t.TY < rows && i < inner) {
             stage.fetch(r, p);
         } else {                                   // past the rows, or past inner (VEC > 1:
             T e[VEC];                              // inner % VEC == 0, so all VEC are)
@@ -318,14 +337,18 @@ __device__ __forceinline__ void col_fetch(Chunk<T, VEC, THREADS, R, HOLD>& stage
 }
 
 // What normalising a column against its state needs: the shift, and log(s) for
-// log_softmax or 1/s for softmax.
+// log_softmax or 1/s for softmax.  m_kept: the chunk holds exp(x - m_kept) (softmax
+// only), which k then scales by exp(m_kept - m).
 template <typename A, int VEC> struct ColNorm {
     A sh[VEC], k[VEC];
-    __device__ __forceinline__ ColNorm(const State<A>* st, i64 log_) {
+    bool kept;
+    __device__ __forceinline__ ColNorm(const State<A>* st, i64 log_, const A* m_kept = nullptr)
+        : kept(m_kept != nullptr) {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
             sh[e] = shift(st[e].m);
             k[e] = log_ ? log_acc(st[e].s) : softmax_inv(st[e]);
+            if (kept) k[e] = mul_nf(rescale(m_kept[e], st[e].m), k[e]);
         }
     }
 };
@@ -336,21 +359,24 @@ template <typename T, int VEC, int THREADS, int R, int HOLD, typename A>
 __device__ __forceinline__ void col_write(const Chunk<T, VEC, THREADS, R, HOLD>& stage,
                                           const ColNorm<A, VEC>& nm, i64 log_, T* outo, i64 je,
                                           i64 inner, i64 i, i64 j0, const ColTile& t) {
+    const i64 rows = je - (j0 + t.ty);            // this thread's rows, from its first on
+    T* p = outo + (j0 + t.ty) * inner + i;
+    const i64 step = (i64)t.TY * inner;
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const i64 j = j0 + t.ty + (i64)r * t.TY;
+    for (int r = 0; r < R; ++r, p += step) {
+        const bool row = (i64)r * t.TY < rows;
         A ov[VEC];
         stage.get(r, ov);
 #pragma unroll
         for (int e = 0; e < VEC; ++e)
-            ov[e] = log_ ? (ov[e] - nm.sh[e]) - nm.k[e] : mul_nf(OutExp<T>::f(ov[e] - nm.sh[e]), nm.k[e]);
-        T* p = outo + j * inner + i;
-        if (VEC > 1 && j < je && i < inner) {
+            ov[e] = log_ ? (ov[e] - nm.sh[e]) - nm.k[e]
+                         : mul_nf(nm.kept ? ov[e] : OutExp<T>::f(ov[e] - nm.sh[e]), nm.k[e]);
+        if (VEC > 1 && row && i < inner) {
             store_vec<T, VEC>(p, ov);
         } else {
 #pragma unroll
             for (int e = 0; e < VEC; ++e)
-                if (j < je && i + e < inner) p[e] = Conv<T>::from(ov[e]);
+                if (row && i + e < inner) p[e] = Conv<T>::from(ov[e]);
         }
     }
 }
@@ -364,24 +390,31 @@ __device__ __forceinline__ void col_chunk_states(State<A>* st, const T* xo, i64 
     constexpr int U = EPP / VEC;                    // rows in flight per thread
 #pragma unroll
     for (int e = 0; e < VEC; ++e) st[e] = empty_state<A>();
+    const i64 step = (i64)t.TY * xs1;
     for (i64 j = jb + t.ty; j < je; j += (i64)t.TY * U) {
         RawTile<T, U * VEC> a;                     // [row u][column e], raw
         A w[HAS_B ? U * VEC : 1];
+        const int rows = je - j < (i64)U * t.TY ? (int)(je - j) : U * t.TY;   // in range
+        const T* p = xo + j * xs1;
+        if (VEC > 1 && !HAS_B && rows == U * t.TY && i < inner) {   // the common, full pass
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const i64 jj = j + (i64)u * t.TY;
-            const T* p = xo + jj * xs1;
-            if (VEC > 1 && jj < je && i < inner) {
+            for (int u = 0; u < U; ++u) a.load16(u * VEC, p + u * step);
+        } else
+#pragma unroll
+        for (int u = 0; u < U; ++u, p += step) {
+            const bool row = u * t.TY < rows;
+            if (VEC > 1 && row && i < inner) {
                 a.load16(u * VEC, p);
             } else {
 #pragma unroll
                 for (int e = 0; e < VEC; ++e)
-                    a.set(u * VEC + e, (jj < je && i + e < inner) ? ldg(p + e * xs2) : raw_neg_inf<T>());
+                    a.set(u * VEC + e, (row && i + e < inner) ? ldg(p + e * xs2) : raw_neg_inf<T>());
             }
             if constexpr (HAS_B) {
+                const T* q = bo + (j + (i64)u * t.TY) * bs1;
 #pragma unroll
                 for (int e = 0; e < VEC; ++e)
-                    w[u * VEC + e] = (jj < je && i + e < inner) ? load_acc(bo + jj * bs1 + e * bs2) : A(0);
+                    w[u * VEC + e] = (row && i + e < inner) ? load_acc(q + e * bs2) : A(0);
             }
         }
 #pragma unroll
@@ -438,13 +471,15 @@ __device__ __forceinline__ void col_softmax(
     const i64 groups = outer * t.strips;
     const i64 H = (i64)t.TY * R;
     const i64 items = groups * G;
+    constexpr bool EXP_KEEPABLE = sizeof(T) == 8;   // as in row_softmax
+    const bool keep_exp = EXP_KEEPABLE && !log_;
 
     for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
         const auto [grp, c, o, i] = t.at(item, G);
         col_fetch(stage, x + o * xs0 + i * xs2, xs1, n, inner, i, c * H, t);
 
         State<A> st[VEC];
-        A v[VEC], sh[VEC];
+        A v[VEC], sh[VEC], m_chunk[VEC];
 #pragma unroll
         for (int e = 0; e < VEC; ++e) v[e] = neg_inf<A>();
 #pragma unroll
@@ -456,11 +491,19 @@ __device__ __forceinline__ void col_softmax(
         }
         column_allreduce<THREADS, VEC, MaxOp>(v, rm, t.TX);
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) { st[e].m = v[e]; sh[e] = shift(v[e]); v[e] = A(0); }
+        for (int e = 0; e < VEC; ++e) { st[e].m = m_chunk[e] = v[e]; sh[e] = shift(v[e]); v[e] = A(0); }
 #pragma unroll
         for (int r = 0; r < R; ++r) {
             A a[VEC];
             stage.get(r, a);
+            if constexpr (EXP_KEEPABLE) {
+                if (keep_exp) {
+#pragma unroll
+                    for (int e = 0; e < VEC; ++e) v[e] = add_nf(v[e], a[e] = OutExp<T>::f(a[e] - sh[e]));
+                    stage.put(r, a);
+                    continue;
+                }
+            }
 #pragma unroll
             for (int e = 0; e < VEC; ++e) v[e] = add_nf(v[e], exp_fast(a[e] - sh[e]));   // as in rows
         }
@@ -468,7 +511,7 @@ __device__ __forceinline__ void col_softmax(
 #pragma unroll
         for (int e = 0; e < VEC; ++e) st[e].s = v[e];
         if constexpr (XCH >= 2) {                  // c == rank in the cluster
-            column_exchange_cluster<THREADS, VEC, XCH>(st, pub, rm, t.tx, t.ty, t.TX);
+            column_exchange_cluster<THREADS, VEC, XCH>(st, pub, rm, t.tx, t.ty);
         } else if (G > 1) {                        // item == grp * G + c
             if (t.ty == 0) {
 #pragma unroll
@@ -488,7 +531,8 @@ __device__ __forceinline__ void col_softmax(
             column_allreduce_state<THREADS, VEC>(st, rm, t.TX);
             group_depart(counters + 2 * grp, G);
         }
-        col_write(stage, ColNorm<A, VEC>(st, log_), log_, out + o * n * inner, n, inner, i, c * H, t);
+        col_write(stage, ColNorm<A, VEC>(st, log_, keep_exp ? m_chunk : nullptr), log_,
+                  out + o * n * inner, n, inner, i, c * H, t);
         if constexpr (XCH >= 2) cluster_wait();     // peers have read this block's states
     }
 }

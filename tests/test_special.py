@@ -233,6 +233,30 @@ def test_softmax_special_values(xp, tiles, fname, dtype_name, axis):
 
 
 @pytest.mark.parametrize("dtype_name", dtype_params())
+@pytest.mark.parametrize("n", [5, 1000, 40000])
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_subnormal_probabilities_kept(xp, tiles, dtype_name, n, axis):
+    """Probabilities below the type's normal range keep their subnormal bits: the
+    kernels' fast exp must not flush them to zero (the tolerance allows 4 of the
+    smallest subnormals, far less than a flushed value)."""
+    dtype = dtype_of(dtype_name)
+    info = finfo(dtype)
+    smallest = float(getattr(info, "smallest_subnormal", float(info.tiny) * float(info.eps)))
+    # 0 (the max) and a ladder from just above the normal range to below the smallest
+    # subnormal, in two orders: rows (axis -1) or columns (axis 0)
+    ladder = np.linspace(np.log(float(info.tiny)) + 1, np.log(smallest) - 1, n - 1)
+    x = np.concatenate([[0.0], np.random.default_rng(n).permutation(ladder)])
+    x = np.stack([x, x[::-1]]).astype(dtype)
+    if axis == 0:
+        x = np.ascontiguousarray(x.T)
+    out = cs.softmax(to_xp(xp, x), axis=axis)
+    ref = ref_softmax(x, axis, False)
+    assert_close(out, ref, dtype, "prob")
+    got = np.asarray(out.get() if hasattr(out, "get") else out, np.float64)
+    assert ((got > 0) & (got < float(info.tiny))).any()
+
+
+@pytest.mark.parametrize("dtype_name", dtype_params())
 @pytest.mark.parametrize("axis", [-1, 0, None])
 @pytest.mark.parametrize("return_sign", [False, True], ids=["", "sign"])
 def test_logsumexp_special_values(xp, tiles, dtype_name, axis, return_sign):
