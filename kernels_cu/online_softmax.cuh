@@ -343,6 +343,12 @@ template <> struct OutExp<double> {
     static __device__ __forceinline__ double f(double t) { return exp(t); }
 };
 
+// Whether softmax keeps exp(x - m_chunk) in its chunk from the sum pass, so that the
+// write pass scales it instead of taking a second exp: float64 only.  float64's exp is a
+// software routine; float32's is one MUFU op, which costs less than keeping it
+// (bench/NOTES.md, session 14), and a 16-bit chunk would round the exps to its precision.
+template <typename T> struct KeepsExp { static constexpr bool value = sizeof(T) == 8; };
+
 // ------------------------------------------------------------------ raw tiles
 // K raw elements as loaded, for the streaming (stats) kernels: 16-bit ones two to a
 // 32-bit register (as separate values each would take a register of its own).

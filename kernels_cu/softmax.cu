@@ -70,12 +70,7 @@ __device__ __forceinline__ void row_softmax(
     __shared__ A red_m[THREADS / 32], red_s[THREADS / 32], bc[2];
     __shared__ State<A> pub;
     Chunk<T, VEC, THREADS, NV, HOLD> stage;        // the chunk: EPT elements per thread
-    // float64 softmax: the sum pass leaves exp(x - m_chunk) in the chunk, so that the
-    // write pass scales it instead of taking a second exp.  float64's exp is a software
-    // routine; float32's is one MUFU op, which costs less than keeping it (bench/NOTES.md,
-    // session 14), and a 16-bit chunk would round the exps to its own precision.
-    constexpr bool EXP_KEEPABLE = sizeof(T) == 8;
-    const bool keep_exp = EXP_KEEPABLE && !log_ && mode != 2;
+    const bool keep_exp = KeepsExp<T>::value && !log_ && mode != 2;
 
     const int tid = threadIdx.x;
     const RowTile rt(THREADS, tpr_, rows, G);
@@ -140,7 +135,7 @@ __device__ __forceinline__ void row_softmax(
             for (int v = 0; v < NV; ++v) {
                 A a[VEC];
                 stage.get(v, a);
-                if constexpr (EXP_KEEPABLE) {
+                if constexpr (KeepsExp<T>::value) {
                     if (keep_exp) {
 #pragma unroll
                         for (int i = 0; i < VEC; ++i) t = add_nf(t, a[i] = OutExp<T>::f(a[i] - sh));
@@ -399,22 +394,23 @@ __device__ __forceinline__ void col_chunk_states(State<A>* st, const T* xo, i64 
         if (VEC > 1 && !HAS_B && rows == U * t.TY && i < inner) {   // the common, full pass
 #pragma unroll
             for (int u = 0; u < U; ++u) a.load16(u * VEC, p + u * step);
-        } else
+        } else {
 #pragma unroll
-        for (int u = 0; u < U; ++u, p += step) {
-            const bool row = u * t.TY < rows;
-            if (VEC > 1 && row && i < inner) {
-                a.load16(u * VEC, p);
-            } else {
+            for (int u = 0; u < U; ++u, p += step) {
+                const bool row = u * t.TY < rows;
+                if (VEC > 1 && row && i < inner) {
+                    a.load16(u * VEC, p);
+                } else {
 #pragma unroll
-                for (int e = 0; e < VEC; ++e)
-                    a.set(u * VEC + e, (row && i + e < inner) ? ldg(p + e * xs2) : raw_neg_inf<T>());
-            }
-            if constexpr (HAS_B) {
-                const T* q = bo + (j + (i64)u * t.TY) * bs1;
+                    for (int e = 0; e < VEC; ++e)
+                        a.set(u * VEC + e, (row && i + e < inner) ? ldg(p + e * xs2) : raw_neg_inf<T>());
+                }
+                if constexpr (HAS_B) {
+                    const T* q = bo + (j + (i64)u * t.TY) * bs1;
 #pragma unroll
-                for (int e = 0; e < VEC; ++e)
-                    w[u * VEC + e] = (row && i + e < inner) ? load_acc(q + e * bs2) : A(0);
+                    for (int e = 0; e < VEC; ++e)
+                        w[u * VEC + e] = (row && i + e < inner) ? load_acc(q + e * bs2) : A(0);
+                }
             }
         }
 #pragma unroll
@@ -471,8 +467,7 @@ __device__ __forceinline__ void col_softmax(
     const i64 groups = outer * t.strips;
     const i64 H = (i64)t.TY * R;
     const i64 items = groups * G;
-    constexpr bool EXP_KEEPABLE = sizeof(T) == 8;   // as in row_softmax
-    const bool keep_exp = EXP_KEEPABLE && !log_;
+    const bool keep_exp = KeepsExp<T>::value && !log_;
 
     for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
         const auto [grp, c, o, i] = t.at(item, G);
@@ -496,7 +491,7 @@ __device__ __forceinline__ void col_softmax(
         for (int r = 0; r < R; ++r) {
             A a[VEC];
             stage.get(r, a);
-            if constexpr (EXP_KEEPABLE) {
+            if constexpr (KeepsExp<T>::value) {
                 if (keep_exp) {
 #pragma unroll
                     for (int e = 0; e < VEC; ++e) v[e] = add_nf(v[e], a[e] = OutExp<T>::f(a[e] - sh[e]));
