@@ -14,7 +14,7 @@ in ``_kernels.py``:
   (``row_stats``), then normalise (mode 2).
 * inner > 1 (columns): ``col_softmax`` reads W consecutive columns coalesced and
   walks n, split over G blocks in the same way when n is a few blocks long (a
-  cluster of ``K.COL_CLUSTER`` blocks where ``K.COL_CLUSTER_MAX_N`` says so), and
+  cluster of ``K.COL_CLUSTER`` blocks where the slice fills one), and
   state (``col_stats``) then normalise (``col_normalize``) beyond
   (``K.COL_SPLIT_MAX``).
 * logsumexp / partial_state stream the input once (``row_stats`` / ``col_stats``);
@@ -294,9 +294,7 @@ def _col_layout(x3, itemsize, out3=None, row_bytes=None):
 def _col_cluster_strip(itemsize, n, inner):
     """Bytes of a row that the column cluster route's strips cover: the widest strip
     whose cluster holds the slice, taken only where every block of the cluster gets rows
-    (K.COL_CLUSTER_MAX_N) and the rows are as wide as the strip; else None."""
-    if n > K.COL_CLUSTER_MAX_N[itemsize]:
-        return None
+    and the rows are as wide as the strip; else None."""
     chunk_bytes = K.col_softmax_smem(itemsize, K.vec_width(itemsize), K.COL_R[itemsize][-1])
     for strip in K.COL_CLUSTER_STRIP_BYTES:
         rows = chunk_bytes // strip                     # a block's share of the strip

@@ -102,17 +102,18 @@ COL_SPLIT_MAX = 16
 # Column slices that fill a cluster of COL_CLUSTER blocks (16-byte vectors, sm_90), each
 # block staging 64 KB of a strip (its rows; COL_R[-1] vectors a thread), exchange their
 # states through distributed shared memory and read the input once.  The strip is the
-# widest of COL_CLUSTER_STRIP_BYTES whose cluster holds n, taken only where n leaves no
-# block of the cluster without rows, rows are at least as wide as the strip, and n <=
-# COL_CLUSTER_MAX_N.  H200 (session 12), softmax axis 0, us, before (three passes or
-# mode 1) -> cluster: float32 8192x32000 792 -> 745, 8192x4096 121 -> 109, 4096x8192
-# 115.5 -> 104.6, 2048x16384 116.3 -> 104.1; float64 8192x16000 1292 -> 1016, 4096x8192
-# 339 -> 269; float16 4096x8192 96 -> 87, but 8192x32000 487 -> 565 (two blocks an SM).
-# Slower: strips of 16 or 32 bytes (2-3x), clusters with ranks left idle (5000 or 6000
-# rows of 1024-row shares: 20-35%), rows of 1024 (512-byte strips, 12%), and shares of
-# the rows evened out over the ranks (a chunk end per block: 8192x32000 745 -> 792 us).
+# widest of COL_CLUSTER_STRIP_BYTES whose cluster holds n (up to 8192 rows, with strips of
+# 64 bytes), taken only where n leaves no block of the cluster without rows and rows are
+# at least as wide as the strip.  H200 (session 12), softmax axis 0, us, before (three
+# passes or mode 1) -> cluster: float32 8192x32000 792 -> 745, 8192x4096 121 -> 109,
+# 4096x8192 115.5 -> 104.6, 2048x16384 116.3 -> 104.1; float64 8192x16000 1292 -> 1016,
+# 4096x8192 339 -> 269.  16-bit types take it for more than 4096 rows since session 15
+# (3 blocks an SM, see col_softmax_min_blocks): float16 8192x32000 470 -> 384, 8192x4096
+# 94 -> 61.  Slower: strips of 16 or 32 bytes (2-3x), clusters with ranks left idle
+# (5000 or 6000 rows of 1024-row shares: 20-35%), rows of 1024 (512-byte strips, 12%),
+# and shares of the rows evened out over the ranks (a chunk end per block: 8192x32000
+# 745 -> 792 us).
 COL_CLUSTER = 8
-COL_CLUSTER_MAX_N = {4: 8192, 8: 8192, 2: 4096}
 COL_CLUSTER_STRIP_BYTES = (256, 128, 64)
 COL_ROW_BYTES = (128, 512)
 
@@ -229,8 +230,12 @@ def row_softmax_min_blocks(itemsize, vec, threads, ept, hold):
 
 
 def col_softmax_min_blocks(itemsize, vec, r):
-    """A thread keeps VEC column states: 80 registers, 96 for 8 columns, 128 in float64."""
-    regs = {8: 128, 4: 80, 2: 96 if vec > 1 else 80}[itemsize]
+    """A thread keeps VEC column states: 80 registers (3 blocks of 64 KB an SM), 128 in
+    float64.  16-bit vectors (8 columns) had 96 until session 15 (2 blocks an SM); at 80
+    they need the packed column max and a partly unrolled sum pass not to spill (H200,
+    us, 96 -> 80: float16 softmax axis 0 4096x8192 72.7 -> 60.4, 6000x8192 130.7 ->
+    115.0; bfloat16 8192x32000 by the cluster route 503 -> 406)."""
+    regs = 128 if itemsize == 8 else 80
     return min_blocks(THREADS, col_softmax_smem(itemsize, vec, r), regs)
 
 

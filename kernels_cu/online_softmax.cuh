@@ -133,6 +133,54 @@ template <> __device__ __forceinline__ double raw_neg_inf<double>() {
 template <> __device__ __forceinline__ half_t raw_neg_inf<half_t>() { half_t h; h.bits = 0xfc00; return h; }
 template <> __device__ __forceinline__ bf16_t raw_neg_inf<bf16_t>() { bf16_t h; h.bits = 0xff80; return h; }
 
+// ------------------------------------------------------------------ arithmetic without FTZ
+__device__ __forceinline__ float add_nf(float a, float b) {
+    float r; asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
+}
+__device__ __forceinline__ float mul_nf(float a, float b) {
+    float r; asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
+}
+__device__ __forceinline__ float max_nf(float a, float b) {   // NaN-ignoring, like fmaxf
+    float r; asm("max.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
+}
+__device__ __forceinline__ double add_nf(double a, double b) { return a + b; }
+__device__ __forceinline__ double mul_nf(double a, double b) { return a * b; }
+__device__ __forceinline__ double max_nf(double a, double b) { return fmax(a, b); }
+
+__device__ __forceinline__ bool is_finite(float v) {
+    return (__float_as_uint(v) & 0x7f800000u) != 0x7f800000u;
+}
+__device__ __forceinline__ bool is_finite(double v) {
+    return (__double_as_longlong(v) & 0x7ff0000000000000ll) != 0x7ff0000000000000ll;
+}
+__device__ __forceinline__ bool is_zero(float v) { return (__float_as_uint(v) << 1) == 0u; }
+__device__ __forceinline__ bool is_zero(double v) {
+    return (((unsigned long long)__double_as_longlong(v)) << 1) == 0ull;
+}
+__device__ __forceinline__ float abs_bits(float v) {
+    return __uint_as_float(__float_as_uint(v) & 0x7fffffffu);
+}
+__device__ __forceinline__ double abs_bits(double v) { return fabs(v); }
+
+template <typename A> __device__ __forceinline__ A neg_inf();
+template <> __device__ __forceinline__ float neg_inf<float>() { return __uint_as_float(0xff800000u); }
+template <> __device__ __forceinline__ double neg_inf<double>() {
+    return __longlong_as_double(0xfff0000000000000ll);
+}
+template <typename A> __device__ __forceinline__ A qnan();
+template <> __device__ __forceinline__ float qnan<float>() { return __uint_as_float(0x7fc00000u); }
+template <> __device__ __forceinline__ double qnan<double>() {
+    return __longlong_as_double(0x7ff8000000000000ll);
+}
+
+// Pairwise max of two packed 16-bit pairs, NaN-ignoring like max_nf.
+template <typename T> __device__ __forceinline__ unsigned max2(unsigned a, unsigned b);
+template <> __device__ __forceinline__ unsigned max2<half_t>(unsigned a, unsigned b) {
+    unsigned r; asm("max.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b)); return r;
+}
+template <> __device__ __forceinline__ unsigned max2<bf16_t>(unsigned a, unsigned b) {
+    unsigned r; asm("max.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b)); return r;
+}
 
 // ------------------------------------------------------------------ a thread's chunk
 // A softmax kernel reads its chunk once and keeps it until the output is written: NV
@@ -171,6 +219,21 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 
 extern __shared__ __align__(16) unsigned char cs_dynamic_smem[];
 
+// m[i] <- the max of element i of a chunk's NV vectors (NaN-ignoring, like max_nf): the
+// row max of a row chunk, the column maxima of a column chunk.
+template <int NV, int VEC, typename C, typename A>
+__device__ __forceinline__ void chunk_column_max(const C& chunk, A* m) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) m[i] = neg_inf<A>();
+#pragma unroll
+    for (int v = 0; v < NV; ++v) {
+        A a[VEC];
+        chunk.get(v, a);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) m[i] = max_nf(m[i], a[i]);
+    }
+}
+
 template <typename T, int VEC, int THREADS, int NV, int HOLD> struct Chunk {   // registers
     typedef typename AccOf<T>::type A;
     T r[NV * VEC];                                 // as loaded (16-bit ones packed)
@@ -186,6 +249,7 @@ template <typename T, int VEC, int THREADS, int NV, int HOLD> struct Chunk {   /
 #pragma unroll
         for (int i = 0; i < VEC; ++i) a[i] = to_acc(r[v * VEC + i]);
     }
+    __device__ __forceinline__ void column_max(A* m) const { chunk_column_max<NV, VEC>(*this, m); }
 };
 
 template <typename T, int VEC, int THREADS, int NV>
@@ -226,6 +290,27 @@ struct Chunk<T, VEC, THREADS, NV, STAGED> {
             for (int i = 0; i < VEC; ++i) a[i] = to_acc(w.e[i]);
         }
     }
+    // As chunk_column_max; 16-bit vectors two elements at a time on the packed pairs,
+    // converted once at the end.
+    __device__ __forceinline__ void column_max(A* m) const {
+        if constexpr (sizeof(T) == 2 && VEC > 1) {
+            uint4 p = *reinterpret_cast<const uint4*>(slot(0));
+#pragma unroll 4
+            for (int v = 1; v < NV; ++v) {
+                const uint4 w = *reinterpret_cast<const uint4*>(slot(v));
+                p.x = max2<T>(p.x, w.x);
+                p.y = max2<T>(p.y, w.y);
+                p.z = max2<T>(p.z, w.z);
+                p.w = max2<T>(p.w, w.w);
+            }
+            Vec w;
+            w.u = p;
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) m[i] = to_acc(w.e[i]);
+        } else {
+            chunk_column_max<NV, VEC>(*this, m);
+        }
+    }
 };
 
 // Loads that skip L1 (partial states published by other blocks of the same launch).
@@ -247,46 +332,6 @@ __device__ __forceinline__ unsigned arrive_acq_rel(unsigned* p) {
     unsigned old;
     asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(p) : "memory");
     return old;
-}
-
-// ------------------------------------------------------------------ arithmetic without FTZ
-__device__ __forceinline__ float add_nf(float a, float b) {
-    float r; asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
-}
-__device__ __forceinline__ float mul_nf(float a, float b) {
-    float r; asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
-}
-__device__ __forceinline__ float max_nf(float a, float b) {   // NaN-ignoring, like fmaxf
-    float r; asm("max.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b)); return r;
-}
-__device__ __forceinline__ double add_nf(double a, double b) { return a + b; }
-__device__ __forceinline__ double mul_nf(double a, double b) { return a * b; }
-__device__ __forceinline__ double max_nf(double a, double b) { return fmax(a, b); }
-
-__device__ __forceinline__ bool is_finite(float v) {
-    return (__float_as_uint(v) & 0x7f800000u) != 0x7f800000u;
-}
-__device__ __forceinline__ bool is_finite(double v) {
-    return (__double_as_longlong(v) & 0x7ff0000000000000ll) != 0x7ff0000000000000ll;
-}
-__device__ __forceinline__ bool is_zero(float v) { return (__float_as_uint(v) << 1) == 0u; }
-__device__ __forceinline__ bool is_zero(double v) {
-    return (((unsigned long long)__double_as_longlong(v)) << 1) == 0ull;
-}
-__device__ __forceinline__ float abs_bits(float v) {
-    return __uint_as_float(__float_as_uint(v) & 0x7fffffffu);
-}
-__device__ __forceinline__ double abs_bits(double v) { return fabs(v); }
-
-template <typename A> __device__ __forceinline__ A neg_inf();
-template <> __device__ __forceinline__ float neg_inf<float>() { return __uint_as_float(0xff800000u); }
-template <> __device__ __forceinline__ double neg_inf<double>() {
-    return __longlong_as_double(0xfff0000000000000ll);
-}
-template <typename A> __device__ __forceinline__ A qnan();
-template <> __device__ __forceinline__ float qnan<float>() { return __uint_as_float(0x7fc00000u); }
-template <> __device__ __forceinline__ double qnan<double>() {
-    return __longlong_as_double(0x7ff8000000000000ll);
 }
 
 // ------------------------------------------------------------------ exp and log
@@ -369,14 +414,6 @@ template <typename T, int K, bool PACK = sizeof(T) == 2> struct RawTile {
         return m;
     }
 };
-// Pairwise max of two packed 16-bit pairs, NaN-ignoring like max_nf.
-template <typename T> __device__ __forceinline__ unsigned max2(unsigned a, unsigned b);
-template <> __device__ __forceinline__ unsigned max2<half_t>(unsigned a, unsigned b) {
-    unsigned r; asm("max.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b)); return r;
-}
-template <> __device__ __forceinline__ unsigned max2<bf16_t>(unsigned a, unsigned b) {
-    unsigned r; asm("max.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b)); return r;
-}
 template <typename T, int K> struct RawTile<T, K, true> {
     static_assert(K % 2 == 0, "16-bit elements in pairs");
     unsigned w[K / 2];

@@ -119,18 +119,14 @@ __device__ __forceinline__ void row_softmax(
             st.m = active ? st_m[row] : A(0);
             st.s = active ? st_s[row] : A(1);
         } else {
-            A t = neg_inf<A>();
+            A t[VEC];
+            stage.column_max(t);
 #pragma unroll
-            for (int v = 0; v < NV; ++v) {
-                A a[VEC];
-                stage.get(v, a);
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) t = max_nf(t, a[i]);
-            }
-            st.m = group_allreduce<THREADS, MaxOp>(t, tpr, red_m);
+            for (int i = 1; i < VEC; ++i) t[0] = max_nf(t[0], t[i]);
+            st.m = group_allreduce<THREADS, MaxOp>(t[0], tpr, red_m);
             m_chunk = st.m;
             const A sh = shift(st.m);
-            t = A(0);
+            A sum = A(0);
 #pragma unroll
             for (int v = 0; v < NV; ++v) {
                 A a[VEC];
@@ -138,7 +134,7 @@ __device__ __forceinline__ void row_softmax(
                 if constexpr (KeepsExp<T>::value) {
                     if (keep_exp) {
 #pragma unroll
-                        for (int i = 0; i < VEC; ++i) t = add_nf(t, a[i] = OutExp<T>::f(a[i] - sh));
+                        for (int i = 0; i < VEC; ++i) sum = add_nf(sum, a[i] = OutExp<T>::f(a[i] - sh));
                         stage.put(v, a);
                         continue;
                     }
@@ -146,9 +142,9 @@ __device__ __forceinline__ void row_softmax(
                 // The sum alone takes the fast exp: the max adds 1, next to which a term
                 // below float32's normal range (which only exp_out keeps) adds nothing.
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) t = add_nf(t, exp_fast(a[i] - sh));
+                for (int i = 0; i < VEC; ++i) sum = add_nf(sum, exp_fast(a[i] - sh));
             }
-            st.s = group_allreduce<THREADS, SumOp>(t, tpr, red_s);
+            st.s = group_allreduce<THREADS, SumOp>(sum, tpr, red_s);
             if (XCH == 1 && mode == 1) {           // block_row; item == row * G + c
                 if (tid == 0) { st_m[item] = st.m; st_s[item] = st.s; }
                 group_arrive_and_wait(counters + 2 * row, G);
@@ -475,19 +471,13 @@ __device__ __forceinline__ void col_softmax(
 
         State<A> st[VEC];
         A v[VEC], sh[VEC], m_chunk[VEC];
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) v[e] = neg_inf<A>();
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            A a[VEC];
-            stage.get(r, a);
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) v[e] = max_nf(v[e], a[e]);
-        }
+        stage.column_max(v);
         column_allreduce<THREADS, VEC, MaxOp>(v, rm, t.TX);
 #pragma unroll
         for (int e = 0; e < VEC; ++e) { st[e].m = m_chunk[e] = v[e]; sh[e] = shift(v[e]); v[e] = A(0); }
-#pragma unroll
+        // 64 exps in flight: 16-bit rows of 8 columns, unrolled in full, spill at the 80
+        // registers that give 3 blocks an SM.
+#pragma unroll (64 / VEC)
         for (int r = 0; r < R; ++r) {
             A a[VEC];
             stage.get(r, a);

@@ -1,7 +1,7 @@
 """The cluster route of column softmax, forced.
 
-The dispatcher takes it for slices that fill the 8 blocks of a cluster (up to
-K.COL_CLUSTER_MAX_N rows); here ``_cupy_backend.TUNE`` forces it with every strip width
+The dispatcher takes it for slices that fill the 8 blocks of a cluster (up to 8192
+rows); here ``_cupy_backend.TUNE`` forces it with every strip width
 it uses, on slices that fill the cluster, leave its last ranks few rows or none, have
 rows narrower than the strip or strips that end past the last column, several slices,
 a large entry and a column of -inf.  A spy checks that the route ran; outputs start
@@ -61,10 +61,11 @@ def test_col_cluster(dtype_name, shape, axis, strip, monkeypatch):
     (2049, 4096, 4, None), (3585, 4096, 4, 128), (4096, 4096, 4, 128), (7169, 4096, 4, 64),
     (8192, 32000, 4, 64), (8193, 4096, 4, None), (8192, 8, 4, None), (8192, 16, 4, 64),
     (8192, 8, 8, 64), (4096, 64, 2, 128), (4096, 32, 2, None), (4097, 4096, 2, None),
+    (7169, 4096, 2, 64), (8192, 32000, 2, 64), (8193, 32000, 2, None),
 ])
 def test_col_cluster_strip_rule(n, inner, itemsize, strip):
     """The widest strip whose cluster holds the slice, every rank with rows, rows at
-    least as wide as the strip, within COL_CLUSTER_MAX_N (no GPU)."""
+    least as wide as the strip (no GPU)."""
     pytest.importorskip("cupy")
     from cupy_softmax import _cupy_backend
     assert _cupy_backend._col_cluster_strip(itemsize, n, inner) == strip
