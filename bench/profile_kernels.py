@@ -106,6 +106,7 @@ CASES = {
     "softmax_f32_32768x1024_axis0": lambda: _softmax_case("softmax", (32768, 1024), "float32", 0),
     "softmax_f16_32768x1024_axis0": lambda: _softmax_case("softmax", (32768, 1024), "float16", 0),
     "softmax_f32_8192x32000_axis0": lambda: _softmax_case("softmax", (8192, 32000), "float32", 0),
+    "softmax_f16_8192x32000_axis0": lambda: _softmax_case("softmax", (8192, 32000), "float16", 0),
     "logsumexp_f32_32768x1024_axis0": lambda: _softmax_case("logsumexp", (32768, 1024), "float32", 0),
     "logsumexp_f16_32768x1024_axis0": lambda: _softmax_case("logsumexp", (32768, 1024), "float16", 0),
     "logsumexp_f32_8192x32000_axis0": lambda: _softmax_case("logsumexp", (8192, 32000), "float32", 0),
