@@ -1,11 +1,10 @@
 """The cluster route of column softmax, forced.
 
 The dispatcher takes it for slices that fill the 8 blocks of a cluster (up to 8192
-rows); here ``_cupy_backend.TUNE`` forces it with every strip width
-it uses, on slices that fill the cluster, leave its last ranks few rows or none, have
-rows narrower than the strip or strips that end past the last column, several slices,
-a large entry and a column of -inf.  A spy checks that the route ran; outputs start
-poisoned (conftest).
+rows); here ``_cupy_backend.TUNE`` forces it with every strip width it uses, on slices
+that fill the cluster, leave its last ranks few rows or none, have rows narrower than
+the strip or strips that end past the last column, several slices, a large entry and a
+column of -inf.  A spy checks that the route ran; outputs start poisoned (conftest).
 """
 
 import numpy as np
