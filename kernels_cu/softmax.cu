@@ -55,6 +55,35 @@ struct RowTile {
     }
 };
 
+// ---------------------------------------------------------------- the sum pass of a chunk
+// acc[k] += exp(a - sh[k]) over the VEC elements a of vector v of a chunk, k the element's
+// column (PER_COLUMN) or 0 (one sum: a row).  keep_exp (float64 softmax): the exps replace
+// the chunk's elements, for the write.
+template <bool PER_COLUMN, typename T, int VEC, int THREADS, int NV, int HOLD, typename A>
+__device__ __forceinline__ void add_exps(Chunk<T, VEC, THREADS, NV, HOLD>& stage, int v, const A* sh,
+                                         A* acc, bool keep_exp) {
+    A a[VEC];
+    stage.get(v, a);
+    if constexpr (KeepsExp<T>::value) {
+        if (keep_exp) {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                const int k = PER_COLUMN ? e : 0;
+                acc[k] = add_nf(acc[k], a[e] = OutExp<T>::f(a[e] - sh[k]));
+            }
+            stage.put(v, a);
+            return;
+        }
+    }
+    // The sum alone takes the fast exp: the max adds 1, next to which a term below
+    // float32's normal range (which only exp_out keeps) adds nothing.
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+        const int k = PER_COLUMN ? e : 0;
+        acc[k] = add_nf(acc[k], exp_fast(a[e] - sh[k]));
+    }
+}
+
 // ---------------------------------------------------------------- rows: softmax
 // XCH: how the G blocks of a split row exchange partial states (mode 1): 0 never split,
 // 1 through global memory (cooperative launch, any G), >= 2 a cluster of XCH blocks.
@@ -128,22 +157,7 @@ __device__ __forceinline__ void row_softmax(
             const A sh = shift(st.m);
             A sum = A(0);
 #pragma unroll
-            for (int v = 0; v < NV; ++v) {
-                A a[VEC];
-                stage.get(v, a);
-                if constexpr (KeepsExp<T>::value) {
-                    if (keep_exp) {
-#pragma unroll
-                        for (int i = 0; i < VEC; ++i) sum = add_nf(sum, a[i] = OutExp<T>::f(a[i] - sh));
-                        stage.put(v, a);
-                        continue;
-                    }
-                }
-                // The sum alone takes the fast exp: the max adds 1, next to which a term
-                // below float32's normal range (which only exp_out keeps) adds nothing.
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) sum = add_nf(sum, exp_fast(a[i] - sh));
-            }
+            for (int v = 0; v < NV; ++v) add_exps<false>(stage, v, &sh, &sum, keep_exp);
             st.s = group_allreduce<THREADS, SumOp>(sum, tpr, red_s);
             if (XCH == 1 && mode == 1) {           // block_row; item == row * G + c
                 if (tid == 0) { st_m[item] = st.m; st_s[item] = st.s; }
@@ -478,20 +492,7 @@ __device__ __forceinline__ void col_softmax(
         // 64 exps in flight: 16-bit rows of 8 columns, unrolled in full, spill at the 80
         // registers that give 3 blocks an SM.
 #pragma unroll (64 / VEC)
-        for (int r = 0; r < R; ++r) {
-            A a[VEC];
-            stage.get(r, a);
-            if constexpr (KeepsExp<T>::value) {
-                if (keep_exp) {
-#pragma unroll
-                    for (int e = 0; e < VEC; ++e) v[e] = add_nf(v[e], a[e] = OutExp<T>::f(a[e] - sh[e]));
-                    stage.put(r, a);
-                    continue;
-                }
-            }
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) v[e] = add_nf(v[e], exp_fast(a[e] - sh[e]));   // as in rows
-        }
+        for (int r = 0; r < R; ++r) add_exps<true>(stage, r, sh, v, keep_exp);
         column_allreduce<THREADS, VEC, SumOp>(v, rm, t.TX);
 #pragma unroll
         for (int e = 0; e < VEC; ++e) st[e].s = v[e];
