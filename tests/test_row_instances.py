@@ -6,7 +6,8 @@ The table picks one instance per row length, and test_special's size sweep runs 
 one is forced (``_cupy_backend.TUNE``) as a (sub-)warp per row and as a block per row
 (or as the cluster it was built for), on 37 rows that end inside a vector or, for
 clusters, inside the last block, with a large entry and a row of -inf; softmax,
-log_softmax and the normalisation against a partial state are checked.
+log_softmax and the normalisation against a partial state are checked.  Also, without
+a GPU, the rule that picks a row's route (a block, a cluster or split rows).
 """
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 import cupy_softmax as cs
 from _helpers import CUPY, CUPY_SKIP_REASON, assert_close, dtype_of, ref_logsumexp, ref_softmax
 
-pytestmark = pytest.mark.skipif(CUPY is None, reason=str(CUPY_SKIP_REASON))
+needs_gpu = pytest.mark.skipif(CUPY is None, reason=str(CUPY_SKIP_REASON))
 
 DTYPES = {4: ["float32"], 2: ["float16", "bfloat16"], 8: ["float64"]}
 ROWS = 37
@@ -41,6 +42,7 @@ def _cases():
     return out
 
 
+@needs_gpu
 @pytest.mark.parametrize("dtype_name, tune, n", _cases())
 def test_row_softmax_instance(dtype_name, tune, n, monkeypatch):
     from cupy_softmax import _cupy_backend, _kernels
@@ -76,6 +78,7 @@ def _stats_cases():
     return out
 
 
+@needs_gpu
 @pytest.mark.parametrize("dtype_name, epp, rows, n, G", _stats_cases())
 def test_row_stats_instance(dtype_name, epp, rows, n, G, monkeypatch):
     from cupy_softmax import _cupy_backend
@@ -90,3 +93,20 @@ def test_row_stats_instance(dtype_name, epp, rows, n, G, monkeypatch):
     for _ in range(2):              # split rows: the counters must be zero again
         assert_close(cs.logsumexp(x, axis=-1), ref_logsumexp(x_np, axis=-1), dtype, "log",
                      what=f"logsumexp e{epp}")
+
+
+@pytest.mark.parametrize("itemsize, rows, n, clusters, route", [
+    (4, 1, 4096, True, "block"), (4, 65, 8192, True, "block"), (2, 1, 16384, True, "block"),
+    (8, 64, 4096, True, "block"), (4, 1000, 1024, True, "block"), (4, 3, 4097, False, "block"),
+    (4, 4, 131072, True, "split"), (2, 65, 32768, True, "split"), (4, 66, 131072, True, "cluster"),
+    (2, 66, 16385, True, "cluster"), (4, 128, 131072, False, "split"), (4, 1, 262144, True, "split"),
+])
+def test_row_route_rule(itemsize, rows, n, clusters, route):
+    """Rows that one block holds stay that block's however few they are; rows of a
+    cluster too few to give half the SMs a block, rows past the table and GPUs without
+    clusters take the split route (no GPU; 132 SMs)."""
+    pytest.importorskip("cupy")
+    from cupy_softmax import _cupy_backend
+    G, xch = _cupy_backend._row_softmax_plan(itemsize, rows, n, 132, True, clusters, ())[3:5]
+    assert ("block" if xch == 0 and G == 1 else "split" if xch == 1 else
+            "cluster" if xch == G >= 2 else None) == route
