@@ -3,7 +3,7 @@
 The front end hands every function a view ``x3`` of shape (outer, n, inner), reduced
 over n, with any element strides (never written), and C-contiguous outputs that it
 allocated.  Which kernel and tile shape runs is decided here, from the size tables
-in ``_kernels.py``:
+and route rules in ``_kernels.py``:
 
 * inner == 1 (rows): ``row_softmax`` holds a row (or a chunk of it) in registers or
   staged in shared memory; rows longer than one block's chunk are split over a
@@ -24,7 +24,6 @@ in ``_kernels.py``:
 All launches go to CuPy's current stream.
 """
 
-import functools
 import warnings
 
 import cupy
@@ -62,15 +61,6 @@ def _acc_dtype(dtype):
 def _estrides(a):
     isz = a.itemsize
     return tuple(s // isz for s in a.strides)
-
-
-def _pow2_at_least(v):
-    v = max(1, int(v))
-    return 1 << (v - 1).bit_length()
-
-
-def _cdiv(a, b):
-    return -(-a // b)
 
 
 def _ptr(a):
@@ -116,56 +106,8 @@ def _aligned(a, *elem_strides):
 # ---------------------------------------------------------------------------------
 # rows (inner == 1)
 
-def _row_entry(itemsize, n, clusters):
-    for entry in K.ROW_TABLE[itemsize]:
-        if n <= entry[0]:
-            return entry if clusters or entry[4] == 1 else None
-    return None
-
-
-def _row_tpr(entry, n):
-    tpr, ept = entry[3], entry[2]
-    return tpr if tpr else min(32, _pow2_at_least(_cdiv(n, ept)))
-
-
 def _tune_key():
     return tuple(sorted(TUNE.items()))
-
-
-@functools.lru_cache(maxsize=4096)
-def _row_softmax_plan(itemsize, rows, n, nsm, split_ok, clusters, tune):
-    """(threads, ept, tpr, G, xch, hold): G > 1 splits each row over G blocks (tpr ==
-    threads); xch: the instance's exchange (0 none, 1 global memory, >= 2 a cluster of
-    G == xch blocks).  split_ok False (normalise against a given state): no exchange."""
-    tune = dict(tune)
-    chunks = K.SPLIT_CHUNKS[itemsize]
-    if "row_entry" in tune:                              # (threads, ept, xch), xch >= 1
-        threads, ept, xch = tune["row_entry"]
-        if xch >= 2 and n > threads * ept * xch:
-            raise ValueError(f"row_entry {tune['row_entry']} does not cover n = {n}")
-        return threads, ept, threads, (xch if xch >= 2 else _cdiv(n, threads * ept)), xch, K.STAGED
-    if "row_block" in tune:                              # (threads, ept, tpr, hold)
-        threads, ept, tpr, hold = tune["row_block"]
-        return threads, ept, _row_tpr((n, threads, ept, tpr), n), 1, 0, hold
-    entry = _row_entry(itemsize, n, clusters)
-    # A row that one block holds stays that block's however few the rows are: the split
-    # route's exchange costs more than the idle SMs (H200, 1-65 rows: f32 4096 6.9 ->
-    # 5.1 us, f16 8192 7.0 -> 5.6).  Rows of a cluster that would leave SMs idle are split.
-    few_rows = rows < nsm // 2 and n >= 4096
-    if entry is not None and not (split_ok and few_rows and entry[4] > 1):
-        max_n, threads, ept, tpr, g, hold = entry
-        if g == 1:
-            return threads, ept, _row_tpr(entry, n), 1, 0, hold
-        return threads, ept, threads, g, g, hold
-    threads, ept = chunks[-1]
-    if split_ok:
-        for c in reversed(chunks):                       # largest chunk that fills the GPU
-            if rows * _cdiv(n, c[0] * c[1]) >= nsm:
-                threads, ept = c
-                break
-        else:
-            threads, ept = chunks[0]
-    return threads, ept, threads, _cdiv(n, threads * ept), 1, K.STAGED
 
 
 def _row_softmax(x3, out3, log, st_m=None, st_s=None):
@@ -179,13 +121,13 @@ def _row_softmax(x3, out3, log, st_m=None, st_s=None):
         and _aligned(out3, *((n,) if rows > 1 else ()))
     vec = K.vec_width(isz) if vec_ok else 1
     external = st_m is not None
-    threads, ept, tpr, G, xch, hold = _row_softmax_plan(
+    threads, ept, tpr, G, xch, hold = K.row_softmax_plan(
         isz, rows, n, nsm, not external, vec > 1 and K.has_clusters(), _tune_key())
     if xch >= 2 and vec == 1:                            # a forced row_entry (tests)
         raise ValueError("cluster instances need 16-byte vectors")
     name = K.row_softmax_name(DTYPE_KEY[dname], vec, threads, ept, xch, hold)
     smem = K.row_softmax_smem(isz, threads, ept, hold)
-    items = rows * G if tpr == threads else _cdiv(rows, threads // tpr)
+    items = rows * G if tpr == threads else K.cdiv(rows, threads // tpr)
     if external:
         args = (x3, xs0, xs1, out3, rows, n, tpr, G, 2, int(log), st_m, st_s, 0)
         _launch(dname, name, items, threads, args, smem=smem)
@@ -231,25 +173,6 @@ def _stats_epp(itemsize, vec, has_b, n):
     return epps[1] if len(epps) > 1 and not 8 * epps[0] <= n <= 32 * epps[0] else epps[0]
 
 
-@functools.lru_cache(maxsize=4096)
-def _row_stats_plan(itemsize, vec, has_b, epp, rows, n, nsm, slots, tune):
-    """(tpr, G, CH) for the streaming row kernels: a (sub-)warp per short row, a block
-    per long one; rows fewer than the blocks the GPU holds at once (slots) are split
-    into G chunks so that every slot streams one."""
-    per_thread = vec * K.stats_unroll(itemsize, vec, has_b, epp)     # elements per pass
-    if n <= 8 * per_thread * 32 and rows >= 4 * nsm:
-        # (sub-)warp per row: one pass per lane for short rows, a few for longer ones
-        return min(32, _pow2_at_least(_cdiv(max(n, 1), per_thread))), 1, max(n, 1)
-    tpr = K.THREADS
-    per_pass = tpr * per_thread
-    G = 1
-    if rows < slots:
-        G = max(1, min(_cdiv(n, per_pass), slots // rows))
-    G = dict(tune).get("stats_G", G)
-    CH = max(1, _cdiv(_cdiv(n, G), tpr * vec)) * tpr * vec
-    return tpr, max(1, _cdiv(n, CH)), CH
-
-
 def _row_stats(x3, b3, rows, n, out_kind, om=None, os=None, ov=None, osign=None):
     """State (out_kind 0: om, os) or logsumexp (1: ov, osign) of every row."""
     dname = _dtype_name(x3.dtype)
@@ -261,9 +184,9 @@ def _row_stats(x3, b3, rows, n, out_kind, om=None, os=None, ov=None, osign=None)
     epp = _stats_epp(isz, vec, has_b, n)
     name = K.row_stats_name(DTYPE_KEY[dname], vec, has_b, epp)
     slots = _resident(dname, name, K.THREADS)
-    tpr, G, CH = _row_stats_plan(isz, vec, has_b, epp, rows, n, K.sm_count(), slots, _tune_key())
+    tpr, G, CH = K.row_stats_plan(isz, vec, has_b, epp, rows, n, K.sm_count(), slots, _tune_key())
     bs0, bs1 = _estrides(b3)[:2] if has_b else (0, 0)
-    items = rows * G if tpr == K.THREADS else _cdiv(rows, K.THREADS // tpr)
+    items = rows * G if tpr == K.THREADS else K.cdiv(rows, K.THREADS // tpr)
     wm = ws = cnt = 0
     if G > 1:
         acc = _acc_dtype(x3.dtype)
@@ -289,22 +212,9 @@ def _col_layout(x3, itemsize, out3=None, row_bytes=None):
     vec = v if vec_ok else 1
     narrow, wide = K.COL_ROW_BYTES
     row_bytes = row_bytes or TUNE.get("col_row_bytes") or \
-        (wide if 2 * outer * _cdiv(inner * itemsize, wide) >= K.sm_count() else narrow)
-    tx = min(_pow2_at_least(_cdiv(inner, vec)), max(1, row_bytes // (vec * itemsize)))
+        (wide if 2 * outer * K.cdiv(inner * itemsize, wide) >= K.sm_count() else narrow)
+    tx = min(K.pow2_at_least(K.cdiv(inner, vec)), max(1, row_bytes // (vec * itemsize)))
     return vec, tx.bit_length() - 1
-
-
-def _col_cluster_strip(itemsize, n, inner):
-    """Bytes of a row that the column cluster route's strips cover: the widest strip
-    whose cluster holds the slice, taken only where every block of the cluster gets rows
-    and the rows are as wide as the strip; else None."""
-    chunk_bytes = K.col_softmax_smem(itemsize, K.vec_width(itemsize), K.COL_R[itemsize][-1])
-    for strip in K.COL_CLUSTER_STRIP_BYTES:
-        rows = chunk_bytes // strip                     # a block's share of the strip
-        if K.COL_CLUSTER * rows >= n:
-            full = n > (K.COL_CLUSTER - 1) * rows and inner * itemsize >= strip
-            return strip if full else None
-    return None
 
 
 def _col_softmax_cluster(x3, out3, log, strip):
@@ -317,7 +227,7 @@ def _col_softmax_cluster(x3, out3, log, strip):
     name = K.col_softmax_name(DTYPE_KEY[dname], vec, R, G)
     args = (x3, *_estrides(x3), out3, outer, n, inner, txlog, G, int(log), 0, 0, 0)
     try:
-        _launch(dname, name, outer * _cdiv(inner, vec << txlog) * G, K.THREADS, args,
+        _launch(dname, name, outer * K.cdiv(inner, vec << txlog) * G, K.THREADS, args,
                 smem=K.col_softmax_smem(isz, vec, R))
     except cupy.cuda.driver.CUDADriverError as exc:     # a launch error is not sticky
         K.disable_clusters()
@@ -332,7 +242,7 @@ def _col_softmax(x3, out3, log):
     isz = x3.itemsize
     xs0, xs1, xs2 = _estrides(x3)
     vec, txlog = _col_layout(x3, isz, out3)
-    strip = TUNE.get("col_cluster_strip", _col_cluster_strip(isz, n, inner))
+    strip = TUNE.get("col_cluster_strip", K.col_cluster_strip(isz, n, inner))
     if vec > 1 and strip and K.has_clusters() and not TUNE.get("three_pass"):
         _col_softmax_cluster(x3, out3, log, strip)
         return
@@ -341,8 +251,8 @@ def _col_softmax(x3, out3, log):
     rs = K.COL_R[isz]
     R = next((r for r in rs if TY * r >= n), rs[-1])
     R = TUNE.get("col_R", R)
-    G = _cdiv(n, TY * R)
-    strips = _cdiv(inner, TX * vec)
+    G = K.cdiv(n, TY * R)
+    strips = K.cdiv(inner, TX * vec)
     groups = outer * strips
     items = groups * G
     name = K.col_softmax_name(DTYPE_KEY[dname], vec, R)
@@ -375,7 +285,7 @@ def _col_normalize(x3, out3, log, m, s):
     dname = _dtype_name(x3.dtype)
     vec, txlog = _col_layout(x3, x3.itemsize, out3,
                              TUNE.get("norm_row_bytes", K.COL_NORM_ROW_BYTES))
-    items = outer * _cdiv(inner, vec << txlog) * _cdiv(n, (K.THREADS >> txlog) * K.COL_NORM_R)
+    items = outer * K.cdiv(inner, vec << txlog) * K.cdiv(n, (K.THREADS >> txlog) * K.COL_NORM_R)
     args = (x3, *_estrides(x3), out3, outer, n, inner, txlog, int(log), m, s)
     _launch(dname, K.col_normalize_name(DTYPE_KEY[dname], vec), min(items, 1 << 30), K.THREADS, args)
 
@@ -388,7 +298,7 @@ def _col_stats(x3, b3, out_kind, om, os, ov, osign):
     vec, txlog = _col_layout(x3, isz)
     TX = 1 << txlog
     TY = K.THREADS // TX
-    groups = outer * _cdiv(inner, TX * vec)
+    groups = outer * K.cdiv(inner, TX * vec)
     has_b = b3 is not None
     epp = K.stats_epps(isz, vec, has_b)[0]
     name = K.col_stats_name(DTYPE_KEY[dname], vec, has_b, epp)
@@ -396,10 +306,10 @@ def _col_stats(x3, b3, out_kind, om, os, ov, osign):
     G = 1
     if groups < slots:                   # one block per slot (run 3's sweep: not more)
         rows_per_pass = TY * K.stats_unroll(isz, vec, has_b, epp)
-        G = max(1, min(_cdiv(n, 2 * rows_per_pass), slots // groups))
+        G = max(1, min(K.cdiv(n, 2 * rows_per_pass), slots // groups))
     G = TUNE.get("stats_G", G)
-    CH = max(1, _cdiv(n, G))
-    G = max(1, _cdiv(n, CH))
+    CH = max(1, K.cdiv(n, G))
+    G = max(1, K.cdiv(n, CH))
     bs = _estrides(b3) if has_b else (0, 0, 0)
     wm = ws = cnt = 0
     if G > 1:
@@ -418,7 +328,7 @@ def _merge(dname, pm, ps, k, P, out_kind, om, os, ov, osign):
     """Merge (k, P) states into P states (out_kind 0) or logsumexps in dname (1)."""
     lanes_log = 5 if k >= 8 else 0
     per_block = K.THREADS >> lanes_log
-    grid = min(_cdiv(P, per_block), 65536)
+    grid = min(K.cdiv(P, per_block), 65536)
     args = (pm, ps, k, P, lanes_log, out_kind, _ptr(om), _ptr(os), _ptr(ov), _ptr(osign))
     _launch(dname, K.merge_states_name(DTYPE_KEY[dname]), grid, K.THREADS, args)
 

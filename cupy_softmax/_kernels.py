@@ -313,6 +313,100 @@ def compile_options(directory=None):
 
 
 # ---------------------------------------------------------------------------------
+# Routes: the instance and launch shape that a problem takes, from the tables above.
+# Plain Python, so that the rules are tested without CuPy; `tune` is
+# _cupy_backend.TUNE as sorted items.
+
+def pow2_at_least(v):
+    v = max(1, int(v))
+    return 1 << (v - 1).bit_length()
+
+
+def cdiv(a, b):
+    return -(-a // b)
+
+
+def row_entry(itemsize, n, clusters):
+    for entry in ROW_TABLE[itemsize]:
+        if n <= entry[0]:
+            return entry if clusters or entry[4] == 1 else None
+    return None
+
+
+def row_tpr(entry, n):
+    tpr, ept = entry[3], entry[2]
+    return tpr if tpr else min(32, pow2_at_least(cdiv(n, ept)))
+
+
+@functools.lru_cache(maxsize=4096)
+def row_softmax_plan(itemsize, rows, n, nsm, split_ok, clusters, tune):
+    """(threads, ept, tpr, G, xch, hold): G > 1 splits each row over G blocks (tpr ==
+    threads); xch: the instance's exchange (0 none, 1 global memory, >= 2 a cluster of
+    G == xch blocks).  split_ok False (normalise against a given state): no exchange."""
+    tune = dict(tune)
+    chunks = SPLIT_CHUNKS[itemsize]
+    if "row_entry" in tune:                              # (threads, ept, xch), xch >= 1
+        threads, ept, xch = tune["row_entry"]
+        if xch >= 2 and n > threads * ept * xch:
+            raise ValueError(f"row_entry {tune['row_entry']} does not cover n = {n}")
+        return threads, ept, threads, (xch if xch >= 2 else cdiv(n, threads * ept)), xch, STAGED
+    if "row_block" in tune:                              # (threads, ept, tpr, hold)
+        threads, ept, tpr, hold = tune["row_block"]
+        return threads, ept, row_tpr((n, threads, ept, tpr), n), 1, 0, hold
+    entry = row_entry(itemsize, n, clusters)
+    # A row that one block holds stays that block's however few the rows are: the split
+    # route's exchange costs more than the idle SMs (H200, 1-65 rows: f32 4096 6.9 ->
+    # 5.1 us, f16 8192 7.0 -> 5.6).  Rows of a cluster that would leave SMs idle are split.
+    few_rows = rows < nsm // 2 and n >= 4096
+    if entry is not None and not (split_ok and few_rows and entry[4] > 1):
+        max_n, threads, ept, tpr, g, hold = entry
+        if g == 1:
+            return threads, ept, row_tpr(entry, n), 1, 0, hold
+        return threads, ept, threads, g, g, hold
+    threads, ept = chunks[-1]
+    if split_ok:
+        for c in reversed(chunks):                       # largest chunk that fills the GPU
+            if rows * cdiv(n, c[0] * c[1]) >= nsm:
+                threads, ept = c
+                break
+        else:
+            threads, ept = chunks[0]
+    return threads, ept, threads, cdiv(n, threads * ept), 1, STAGED
+
+
+@functools.lru_cache(maxsize=4096)
+def row_stats_plan(itemsize, vec, has_b, epp, rows, n, nsm, slots, tune):
+    """(tpr, G, CH) for the streaming row kernels: a (sub-)warp per short row, a block
+    per long one; rows fewer than the blocks the GPU holds at once (slots) are split
+    into G chunks so that every slot streams one."""
+    per_thread = vec * stats_unroll(itemsize, vec, has_b, epp)     # elements per pass
+    if n <= 8 * per_thread * 32 and rows >= 4 * nsm:
+        # (sub-)warp per row: one pass per lane for short rows, a few for longer ones
+        return min(32, pow2_at_least(cdiv(max(n, 1), per_thread))), 1, max(n, 1)
+    tpr = THREADS
+    per_pass = tpr * per_thread
+    G = 1
+    if rows < slots:
+        G = max(1, min(cdiv(n, per_pass), slots // rows))
+    G = dict(tune).get("stats_G", G)
+    CH = max(1, cdiv(cdiv(n, G), tpr * vec)) * tpr * vec
+    return tpr, max(1, cdiv(n, CH)), CH
+
+
+def col_cluster_strip(itemsize, n, inner):
+    """Bytes of a row that the column cluster route's strips cover: the widest strip
+    whose cluster holds the slice, taken only where every block of the cluster gets rows
+    and the rows are as wide as the strip; else None."""
+    chunk_bytes = col_softmax_smem(itemsize, vec_width(itemsize), COL_R[itemsize][-1])
+    for strip in COL_CLUSTER_STRIP_BYTES:
+        rows = chunk_bytes // strip                     # a block's share of the strip
+        if COL_CLUSTER * rows >= n:
+            full = n > (COL_CLUSTER - 1) * rows and inner * itemsize >= strip
+            return strip if full else None
+    return None
+
+
+# ---------------------------------------------------------------------------------
 # CuPy side (imports CuPy lazily).
 
 _modules = {}     # (device, dtype name) -> cupy.RawModule

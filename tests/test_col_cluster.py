@@ -65,6 +65,5 @@ def test_col_cluster(dtype_name, shape, axis, strip, monkeypatch):
 def test_col_cluster_strip_rule(n, inner, itemsize, strip):
     """The widest strip whose cluster holds the slice, every rank with rows, rows at
     least as wide as the strip (no GPU)."""
-    pytest.importorskip("cupy")
-    from cupy_softmax import _cupy_backend
-    assert _cupy_backend._col_cluster_strip(itemsize, n, inner) == strip
+    from cupy_softmax import _kernels
+    assert _kernels.col_cluster_strip(itemsize, n, inner) == strip

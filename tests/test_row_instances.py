@@ -6,8 +6,8 @@ The table picks one instance per row length, and test_special's size sweep runs 
 one is forced (``_cupy_backend.TUNE``) as a (sub-)warp per row and as a block per row
 (or as the cluster it was built for), on 37 rows that end inside a vector or, for
 clusters, inside the last block, with a large entry and a row of -inf; softmax,
-log_softmax and the normalisation against a partial state are checked.  Also the rule that
-picks a row's route (a block, a cluster or split rows): it needs CuPy, not a GPU.
+log_softmax and the normalisation against a partial state are checked.  Also, without
+CuPy, the rule that picks a row's route (a block, a cluster or split rows).
 """
 
 import numpy as np
@@ -104,9 +104,8 @@ def test_row_stats_instance(dtype_name, epp, rows, n, G, monkeypatch):
 def test_row_route_rule(itemsize, rows, n, clusters, route):
     """Rows that one block holds stay that block's however few they are; rows of a
     cluster too few to give half the SMs a block, rows past the table and GPUs without
-    clusters take the split route (CuPy installed, no GPU needed; 132 SMs)."""
-    pytest.importorskip("cupy")
-    from cupy_softmax import _cupy_backend
-    G, xch = _cupy_backend._row_softmax_plan(itemsize, rows, n, 132, True, clusters, ())[3:5]
+    clusters take the split route (no CuPy needed; 132 SMs)."""
+    from cupy_softmax import _kernels
+    G, xch = _kernels.row_softmax_plan(itemsize, rows, n, 132, True, clusters, ())[3:5]
     assert ("block" if xch == 0 and G == 1 else "split" if xch == 1 else
             "cluster" if xch == G >= 2 else None) == route
