@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _alloc, _dispatch
+from ._kernels import cdiv
 from . import _state
 
 __all__ = ["attention", "merge_attention", "merge_attention_pair"]
@@ -534,10 +535,6 @@ def _sm_count():
     return _kernels.sm_count()
 
 
-def _cdiv(a, b):
-    return -(-a // b)
-
-
 def _choose_splits(blocks, n_tiles, capacity, decode):
     """(n_splits, tiles per split): split the key tiles of each (batch, kv head, row block)
     over several blocks when the grid alone does not fill the GPU.  Among the split counts
@@ -547,22 +544,22 @@ def _choose_splits(blocks, n_tiles, capacity, decode):
     forced = TUNE.get("splits")
     if forced:
         s = max(1, min(int(forced), n_tiles))
-        tps = _cdiv(n_tiles, s)
-        return _cdiv(n_tiles, tps), tps
+        tps = cdiv(n_tiles, s)
+        return cdiv(n_tiles, tps), tps
     if decode and 2 * capacity <= blocks < DECODE_MIN_WAVES * capacity:
-        s = max(1, min(_cdiv(DECODE_MIN_WAVES * capacity, blocks), n_tiles // DECODE_MIN_SPLIT_TILES))
-        tps = _cdiv(n_tiles, s)
-        return _cdiv(n_tiles, tps), tps
+        s = max(1, min(cdiv(DECODE_MIN_WAVES * capacity, blocks), n_tiles // DECODE_MIN_SPLIT_TILES))
+        tps = cdiv(n_tiles, s)
+        return cdiv(n_tiles, tps), tps
     if blocks >= 0.9 * capacity or n_tiles <= 1:
         return 1, n_tiles
     # the fewest splits that fill one wave to 95% (then each block streams a long run of
     # keys, and the merge has few parts); else the best-filled wave
     best = None
-    for c in range(2, min(n_tiles, 2 * _cdiv(capacity, blocks)) + 1):
-        tps = _cdiv(n_tiles, c)
-        s = _cdiv(n_tiles, tps)
+    for c in range(2, min(n_tiles, 2 * cdiv(capacity, blocks)) + 1):
+        tps = cdiv(n_tiles, c)
+        s = cdiv(n_tiles, tps)
         total = blocks * s
-        eff = total / (_cdiv(total, capacity) * capacity)
+        eff = total / (cdiv(total, capacity) * capacity)
         if best is None or eff > best[2] + 1e-9:
             best = (s, tps, eff)
         if eff >= 0.95:
@@ -611,7 +608,7 @@ def _causal_chunks(device, pairs, kv_pair_bytes):
     import cupy
     l2 = cupy.cuda.runtime.getDeviceProperties(device)["l2CacheSize"]
     budget = max(1, int(CAUSAL_CHUNK_L2_SHARE * l2))
-    return max(1, min(pairs, _cdiv(pairs * kv_pair_bytes, budget)))
+    return max(1, min(pairs, cdiv(pairs * kv_pair_bytes, budget)))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -624,16 +621,16 @@ def _launch_plan(device, name, B, Hkv, G, Lq, Lk, d_run, causal, tune):
         kname = simt_kernel_name(name, dp)
         smem = simt_smem(name, dp)
         fn = _get_kernel(kname, simt_kernel_line(name, dp), smem)
-        row_blocks = _cdiv(G * Lq, 16)
+        row_blocks = cdiv(G * Lq, 16)
         capacity = _blocks_per_sm(fn, kname, 128, smem) * _sm_count()
-        n_splits, tps = _choose_splits(row_blocks * Hkv * B, _cdiv(Lk, SIMT_BK), capacity, False)
+        n_splits, tps = _choose_splits(row_blocks * Hkv * B, cdiv(Lk, SIMT_BK), capacity, False)
         return fn, 128, smem, row_blocks, n_splits, tps
     D = _tile_d(d_run)
     decode = Lq <= DECODE_MAX_Q
     if decode:
         cfg = TUNE.get("decode", DECODE)[D]
         if ("decode" not in TUNE and D in DECODE_WIDE and G * Lq > 1
-                and _cdiv(G * Lq, 16) * Hkv * B >= 2 * _sm_count()):
+                and cdiv(G * Lq, 16) * Hkv * B >= 2 * _sm_count()):
             cfg = DECODE_WIDE[D]
         # two 16-row tiles when the packed rows need them (their partial outputs must
         # fit the K/V buffers for the final merge of the warps: not at D = 256)
@@ -649,8 +646,8 @@ def _launch_plan(device, name, B, Hkv, G, Lq, Lk, d_run, causal, tune):
         fn = _get_kernel(*prefill_kernel(name, cfg, 0), cfg.smem)
     elif cfg.WN > 1 and n_splits > 1 and TUNE.get("on_chip", True):
         for s in sorted(ON_CHIP_SPLITS, reverse=True):
-            tps_s = _cdiv(n_tiles, s)
-            if s > n_splits or _cdiv(n_tiles, tps_s) != s:
+            tps_s = cdiv(n_tiles, s)
+            if s > n_splits or cdiv(n_tiles, tps_s) != s:
                 continue
             if s < n_splits and ("splits" in TUNE or tps_s > ON_CHIP_MAX_TILES):
                 continue
@@ -670,9 +667,9 @@ def _split_plan(name, cfg, B, Hkv, G, Lq, Lk, decode):
     else:
         kname, line = prefill_kernel(name, cfg, 0 if isinstance(cfg, WSConfig) else 1)
     fn = _get_kernel(kname, line, cfg.smem)
-    row_blocks = _cdiv(G * Lq, cfg.BM)
+    row_blocks = cdiv(G * Lq, cfg.BM)
     blocks = row_blocks * Hkv * B
-    n_tiles = _cdiv(Lk, cfg.BN)
+    n_tiles = cdiv(Lk, cfg.BN)
     capacity = _blocks_per_sm(fn, kname, cfg.threads, cfg.smem) * _sm_count()
     n_splits, tps = _choose_splits(blocks, n_tiles, capacity, decode)
     return fn, row_blocks, blocks, n_tiles, capacity, n_splits, tps
@@ -703,7 +700,7 @@ def _on_chip_instance(name, cfg, n_splits, clusters, capacity):
     kname = tc_kernel_name(name, cfg, n_splits)
     fn = _get_kernel(kname, tc_kernel_line(name, cfg, n_splits), cfg.smem)
     fit = _kernels.max_active_clusters(fn, kname, cfg.threads, cfg.smem, (1, 1, n_splits))
-    if fit == 0 or _cdiv(clusters, fit) > _cdiv(clusters * n_splits, capacity):
+    if fit == 0 or cdiv(clusters, fit) > cdiv(clusters * n_splits, capacity):
         return None
     return fn
 
@@ -819,7 +816,7 @@ def _cupy_merge(o_list, l_list, stacked, out_dtype, acc_dtype, shape):
     d = shape[-1]
     rows = math.prod(shape[:-1])
     i32, i64 = np.int32, np.int64
-    grid = (_cdiv(rows, 8),)
+    grid = (cdiv(rows, 8),)
     dev = cupy.cuda.runtime.getDevice()
     an = acc_dtype.name
     if stacked:
