@@ -219,6 +219,15 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 
 extern __shared__ __align__(16) unsigned char cs_dynamic_smem[];
 
+// f(Whole<true>()) where a thread's vectors are all whole (the common case, compiled
+// without a check per vector), f(Whole<false>()) otherwise.  The checks cost even when
+// every one passes: f32 rows of 131072, 2.5 us of 46 (H200, bench/NOTES.md session 23).
+template <bool B> struct Whole { static constexpr bool value = B; };
+template <typename F> __device__ __forceinline__ void with_whole(bool whole, F f) {
+    if (whole) f(Whole<true>());
+    else f(Whole<false>());
+}
+
 // m[i] <- the max of element i of a chunk's NV vectors (NaN-ignoring, like max_nf): the
 // row max of a row chunk, the column maxima of a column chunk.
 template <int NV, int VEC, typename C, typename A>
@@ -757,19 +766,27 @@ template <typename A> __device__ __forceinline__ A ld_peer(const A* p, unsigned 
     return *peer_ptr(p, rank);
 }
 
-// pub: a __shared__ State of this block.  Call with the whole block, in every block of
-// the cluster; G <= 32 blocks, block rank = position in the cluster.
-template <int G, typename A>
+// st: the state of the calling warp (the same in its lanes); pub: THREADS / 32 __shared__
+// States of this block.  Call with the whole block, in every block of the cluster (block
+// rank = position in the cluster).  Every warp merges the G x THREADS / 32 warp states
+// itself, in the same order (bit-identical results).  Warp states, not block states: a
+// block's max, then its sum, held every warp's sum pass, and then the exchange, until the
+// whole block had its max (H200, session 23: f32 8192x32000 softmax 562 -> 520 us, f16
+// 287 -> 272, f32 128x131072 48.4 -> 45.6-46.3).
+template <int THREADS, int G, typename A>
 __device__ __forceinline__ State<A> cluster_exchange_state(State<A> st, State<A>* pub) {
-    static_assert(G >= 2 && G <= 32, "a cluster of 2..32 blocks");
-    if (threadIdx.x == 0) *pub = st;
+    constexpr int NW = THREADS / 32;
+    static_assert(G >= 2 && G <= 32 && THREADS % 32 == 0, "a cluster of 2..32 blocks of whole warps");
+    const unsigned lane = threadIdx.x & 31;
+    if (lane == 0) pub[threadIdx.x >> 5] = st;
     cluster_arrive();                              // publish (release) ...
     cluster_wait();                                // ... and see every peer's (acquire)
-    const unsigned lane = threadIdx.x & 31;
     State<A> g = empty_state<A>();
-    if (lane < G) {                                // every warp merges the G states itself
-        g.m = ld_peer(&pub->m, lane);
-        g.s = ld_peer(&pub->s, lane);
+    for (int q = lane; q < G * NW; q += 32) {      // state q: warp q % NW of block q / NW
+        State<A> p;
+        p.m = ld_peer(&pub[q % NW].m, (unsigned)(q / NW));
+        p.s = ld_peer(&pub[q % NW].s, (unsigned)(q / NW));
+        g = merge(g, p);
     }
     g = warp_allreduce_state(g, 32);               // (uses the loaded values: reads are done)
     cluster_arrive_relaxed();                      // done reading the peers

@@ -97,7 +97,7 @@ __device__ __forceinline__ void row_softmax(
     static_assert(EPT % VEC == 0, "EPT is a whole number of vectors");
     constexpr int NV = EPT / VEC;
     __shared__ A red_m[THREADS / 32], red_s[THREADS / 32], bc[2];
-    __shared__ State<A> pub;
+    __shared__ State<A> pub[THREADS / 32];         // warp states for a cluster's exchange
     Chunk<T, VEC, THREADS, NV, HOLD> stage;        // the chunk: EPT elements per thread
     const bool keep_exp = KeepsExp<T>::value && !log_ && mode != 2;
 
@@ -115,6 +115,11 @@ __device__ __forceinline__ void row_softmax(
         // rem: elements of the row from its first one on (clamped to the chunk: 32 bits).
         i64 rem64 = active ? n - j0 - (i64)lane * VEC : 0;
         const int rem = (int)(rem64 < CH ? rem64 : CH);
+        // Every vector of the warp's lanes whole (one path for the warp: rows of 1000
+        // would run both where some lanes' last vector is partial).  Cluster rows only
+        // (8-16 vectors a thread): block and split rows gained nothing, and f32 rows of
+        // 8192 lost 4% to a spill (H200, session 23).
+        const bool whole = XCH >= 2 && __all_sync(0xffffffffu, rem - (NV - 1) * tpr * VEC >= VEC);
         if constexpr (VEC == 1) {                  // any element stride
             const T* p = xr + (j0 + lane) * xs1;
             const i64 step = (i64)tpr * xs1;
@@ -126,24 +131,26 @@ __device__ __forceinline__ void row_softmax(
             }
         } else {                                   // contiguous, 16-byte aligned rows
             const T* p = xr + j0 + (i64)lane * VEC;
+            with_whole(whole, [&](auto w) {
 #pragma unroll
-            for (int v = 0; v < NV; ++v) {
-                const int off = v * tpr * VEC;
-                if (rem - off >= VEC) {
-                    stage.fetch(v, p + off);
-                } else {
-                    T e[VEC];
+                for (int v = 0; v < NV; ++v) {
+                    const int off = v * tpr * VEC;
+                    if (decltype(w)::value || rem - off >= VEC) {
+                        stage.fetch(v, p + off);
+                    } else {
+                        T e[VEC];
 #pragma unroll
-                    for (int i = 0; i < VEC; ++i)
-                        e[i] = i < rem - off ? ldg(p + off + i) : raw_neg_inf<T>();
-                    stage.put(v, e);
+                        for (int i = 0; i < VEC; ++i)
+                            e[i] = i < rem - off ? ldg(p + off + i) : raw_neg_inf<T>();
+                        stage.put(v, e);
+                    }
                 }
-            }
+            });
         }
         stage.wait();
 
         State<A> st;
-        A m_chunk = A(0);                          // the max of this block's chunk
+        A m_chunk = A(0);                          // the shift of the kept exps
         if (mode == 2) {
             st.m = active ? st_m[row] : A(0);
             st.s = active ? st_s[row] : A(1);
@@ -152,13 +159,15 @@ __device__ __forceinline__ void row_softmax(
             stage.column_max(t);
 #pragma unroll
             for (int i = 1; i < VEC; ++i) t[0] = max_nf(t[0], t[i]);
-            st.m = group_allreduce<THREADS, MaxOp>(t[0], tpr, red_m);
+            // A cluster's blocks exchange warp states (cluster_exchange_state).
+            const int width = XCH >= 2 && mode == 1 ? 32 : tpr;
+            st.m = group_allreduce<THREADS, MaxOp>(t[0], width, red_m);
             m_chunk = st.m;
             const A sh = shift(st.m);
             A sum = A(0);
 #pragma unroll
             for (int v = 0; v < NV; ++v) add_exps<false>(stage, v, &sh, &sum, keep_exp);
-            st.s = group_allreduce<THREADS, SumOp>(sum, tpr, red_s);
+            st.s = group_allreduce<THREADS, SumOp>(sum, width, red_s);
             if (XCH == 1 && mode == 1) {           // block_row; item == row * G + c
                 if (tid == 0) { st_m[item] = st.m; st_s[item] = st.s; }
                 group_arrive_and_wait(counters + 2 * row, G);
@@ -172,7 +181,7 @@ __device__ __forceinline__ void row_softmax(
                 st.s = bc[1];
             }
             if constexpr (XCH >= 2) {              // G == XCH blocks of a cluster; c == rank
-                if (mode == 1) st = cluster_exchange_state<XCH>(st, &pub);
+                if (mode == 1) st = cluster_exchange_state<THREADS, XCH>(st, pub);
             }
         }
 
@@ -182,22 +191,24 @@ __device__ __forceinline__ void row_softmax(
         // exp(x - m) = exp(x - m_chunk) * exp(m_chunk - m): one scale for the kept exps.
         const A scale = keep_exp ? mul_nf(rescale(m_chunk, st.m), inv) : inv;
         T* po = out + (active ? row : 0) * n + j0 + (i64)lane * VEC;   // output rows are contiguous
+        with_whole(whole, [&](auto w) {
 #pragma unroll
-        for (int v = 0; v < NV; ++v) {
-            A o[VEC];
-            stage.get(v, o);
-#pragma unroll
-            for (int i = 0; i < VEC; ++i)
-                o[i] = log_ ? (o[i] - sh) - ls : mul_nf(keep_exp ? o[i] : OutExp<T>::f(o[i] - sh), scale);
-            const int off = v * tpr * VEC;
-            if (VEC > 1 && rem - off >= VEC) {
-                store_vec<T, VEC>(po + off, o);
-            } else {
+            for (int v = 0; v < NV; ++v) {
+                A o[VEC];
+                stage.get(v, o);
 #pragma unroll
                 for (int i = 0; i < VEC; ++i)
-                    if (i < rem - off) po[off + i] = Conv<T>::from(o[i]);
+                    o[i] = log_ ? (o[i] - sh) - ls : mul_nf(keep_exp ? o[i] : OutExp<T>::f(o[i] - sh), scale);
+                const int off = v * tpr * VEC;
+                if (decltype(w)::value || (VEC > 1 && rem - off >= VEC)) {
+                    store_vec<T, VEC>(po + off, o);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < VEC; ++i)
+                        if (i < rem - off) po[off + i] = Conv<T>::from(o[i]);
+                }
             }
-        }
+        });
         if constexpr (XCH >= 2) {
             if (mode == 1) cluster_wait();         // peers have read this block's state
         }
@@ -253,22 +264,26 @@ __device__ __forceinline__ void row_stats(
         for (i64 base = jb + (i64)lane * VEC; base < je; base += step * U) {
             RawTile<T, U * VEC> a;                 // raw elements (16-bit ones stay packed)
             A w[HAS_B ? U * VEC : 1];
+            // (the lanes still in the loop vote: one path for the warp)
+            with_whole(__all_sync(__activemask(), VEC > 1 && base + (U - 1) * step + VEC <= je), [&](auto whole) {
 #pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const i64 j = base + u * step;
-                if (VEC > 1 && j + VEC <= je) {
-                    a.load16(u * VEC, xr + j);
-                } else {
+                for (int u = 0; u < U; ++u) {
+                    const i64 j = base + u * step;
+                    if (decltype(whole)::value || (VEC > 1 && j + VEC <= je)) {
+                        a.load16(u * VEC, xr + j);
+                    } else {
 #pragma unroll
-                    for (int e = 0; e < VEC; ++e)
-                        a.set(u * VEC + e, (j + e < je) ? ldg(xr + (j + e) * xs1) : raw_neg_inf<T>());
+                        for (int e = 0; e < VEC; ++e)
+                            a.set(u * VEC + e, (j + e < je) ? ldg(xr + (j + e) * xs1) : raw_neg_inf<T>());
+                    }
+                    if constexpr (HAS_B) {
+#pragma unroll
+                        for (int e = 0; e < VEC; ++e)
+                            w[u * VEC + e] = (decltype(whole)::value || j + e < je)
+                                ? load_acc(br + (j + e) * bs1) : A(0);
+                    }
                 }
-                if constexpr (HAS_B) {
-#pragma unroll
-                    for (int e = 0; e < VEC; ++e)
-                        w[u * VEC + e] = (j + e < je) ? load_acc(br + (j + e) * bs1) : A(0);
-                }
-            }
+            });
             fold_tile<A, U * VEC, HAS_B>(st, a, 0, w);
         }
         st = group_allreduce_state<THREADS>(st, tpr, red_m, red_s);
