@@ -303,13 +303,7 @@ def _col_stats(x3, b3, out_kind, om, os, ov, osign):
     epp = K.stats_epps(isz, vec, has_b)[0]
     name = K.col_stats_name(DTYPE_KEY[dname], vec, has_b, epp)
     slots = _resident(dname, name, K.THREADS)
-    G = 1
-    if groups < slots:                   # one block per slot (run 3's sweep: not more)
-        rows_per_pass = TY * K.stats_unroll(isz, vec, has_b, epp)
-        G = max(1, min(K.cdiv(n, 2 * rows_per_pass), slots // groups))
-    G = TUNE.get("stats_G", G)
-    CH = max(1, K.cdiv(n, G))
-    G = max(1, K.cdiv(n, CH))
+    G, CH = K.col_stats_plan(isz, vec, has_b, epp, groups, n, TY, slots, _tune_key())
     bs = _estrides(b3) if has_b else (0, 0, 0)
     wm = ws = cnt = 0
     if G > 1:

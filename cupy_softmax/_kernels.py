@@ -393,6 +393,21 @@ def row_stats_plan(itemsize, vec, has_b, epp, rows, n, nsm, slots, tune):
     return tpr, max(1, cdiv(n, CH)), CH
 
 
+@functools.lru_cache(maxsize=4096)
+def col_stats_plan(itemsize, vec, has_b, epp, groups, n, ty, slots, tune):
+    """(G, CH) for col_stats, whose blocks have ty threads along n: groups of columns
+    fewer than the blocks the GPU holds at once (slots) are split into G chunks of CH
+    rows, each at least two of the block's passes, so that every slot streams one (run
+    3's sweep: no more chunks than slots)."""
+    G = 1
+    if groups < slots:
+        rows_per_pass = ty * stats_unroll(itemsize, vec, has_b, epp)
+        G = max(1, min(cdiv(n, 2 * rows_per_pass), slots // groups))
+    G = dict(tune).get("stats_G", G)
+    CH = max(1, cdiv(n, G))
+    return max(1, cdiv(n, CH)), CH
+
+
 def col_cluster_strip(itemsize, n, inner):
     """Bytes of a row that the column cluster route's strips cover: the widest strip
     whose cluster holds the slice, taken only where every block of the cluster gets rows

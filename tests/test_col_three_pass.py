@@ -5,7 +5,8 @@ the slice together (tens of thousands of rows); here ``_cupy_backend.TUNE`` forc
 on small problems, with every width of row a col_normalize block can cover (so that
 blocks straddle the end of a row, or cover several rows' worth of a narrow one).  Each
 case runs twice: the counters the stats leave behind must be zero again.  Also checked:
-normalising columns against a given state (the streaming API), col_normalize alone.
+normalising columns against a given state (the streaming API), col_normalize alone;
+and, without CuPy, the rule that splits col_stats' columns into chunks.
 """
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import cupy_softmax as cs
 from _helpers import CUPY, CUPY_SKIP_REASON, assert_close, dtype_of, ref_softmax
 
-pytestmark = pytest.mark.skipif(CUPY is None, reason=str(CUPY_SKIP_REASON))
+needs_gpu = pytest.mark.skipif(CUPY is None, reason=str(CUPY_SKIP_REASON))
 
 # (shape, axis, view): view slices the device array (misaligned / strided columns)
 SHAPES = [
@@ -39,6 +40,7 @@ def _input(dtype, shape, seed):
     return x
 
 
+@needs_gpu
 @pytest.mark.parametrize("row_bytes", ROW_BYTES)
 @pytest.mark.parametrize("shape, axis, view", SHAPES, ids=lambda v: str(v))
 @pytest.mark.parametrize("dtype_name", ["float32", "float16", "bfloat16", "float64"])
@@ -59,6 +61,7 @@ def test_col_three_pass(dtype_name, shape, axis, view, row_bytes, monkeypatch):
         assert_close(cs.log_softmax(x, axis=axis), ref_l, dtype, "log", what=f"log_softmax {row_bytes}")
 
 
+@needs_gpu
 @pytest.mark.parametrize("dtype_name", ["float32", "float16"])
 def test_col_normalize_given_state(dtype_name):
     dtype = dtype_of(dtype_name)
@@ -71,3 +74,18 @@ def test_col_normalize_given_state(dtype_name):
     assert_close(cs.softmax_from_state(x, state, axis=1), ref_p, dtype, "prob", what="from state")
     assert_close(cs.log_softmax_from_state(x, state, axis=1), ref_l, dtype, "log",
                  what="log from state")
+
+
+@pytest.mark.parametrize("groups, n, tune, plan", [
+    (16, 32768, (), (24, 1366)),      # f16 32768x1024 axis 0: 16 strips fill 396 slots
+    (396, 32768, (), (1, 32768)),     # strips enough to fill the GPU: unsplit
+    (1, 100, (), (1, 100)),           # one pass: unsplit
+    (1, 1000, (), (2, 500)),          # at least two passes a chunk
+    (16, 10, (("stats_G", 4),), (4, 3)),
+    (16, 9, (("stats_G", 4),), (3, 3)),   # chunks of cdiv(n, G) rows: fewer where they end early
+])
+def test_col_stats_plan(groups, n, tune, plan):
+    """col_stats' chunks (no CuPy needed): float16 vectors, 32 threads along n, 396
+    blocks resident."""
+    from cupy_softmax import _kernels
+    assert _kernels.col_stats_plan(2, 8, False, 64, groups, n, 32, 396, tune) == plan
