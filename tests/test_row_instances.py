@@ -7,7 +7,8 @@ one is forced (``_cupy_backend.TUNE``) as a (sub-)warp per row and as a block pe
 (or as the cluster it was built for), on 37 rows that end inside a vector or, for
 clusters, inside the last block, with a large entry and a row of -inf; softmax,
 log_softmax and the normalisation against a partial state are checked.  Also, without
-CuPy, the rule that picks a row's route (a block, a cluster or split rows).
+CuPy, the rule that picks a row's route (a block, a cluster or split rows) and the one
+that splits the streaming rows (row_stats) into chunks.
 """
 
 import numpy as np
@@ -109,3 +110,19 @@ def test_row_route_rule(itemsize, rows, n, clusters, route):
     G, xch = _kernels.row_softmax_plan(itemsize, rows, n, 132, True, clusters, ())[3:5]
     assert ("block" if xch == 0 and G == 1 else "split" if xch == 1 else
             "cluster" if xch == G >= 2 else None) == route
+
+
+@pytest.mark.parametrize("rows, n, tune, plan", [
+    (4096, 4096, (), (32, 1, 4096)),          # a warp a row, four passes a lane
+    (65536, 128, (), (4, 1, 128)),            # 4 lanes a row, one pass each
+    (4096, 16384, (), (256, 1, 16384)),       # rows past 8 passes a lane: a block a row
+    (128, 131072, (), (256, 4, 32768)),       # few rows: 4 chunks each fill the 528 slots
+    (1, 262144, (), (256, 32, 8192)),
+    (1, 5000, (("stats_G", 3),), (256, 3, 2048)),   # chunks of whole passes of the block
+])
+def test_row_stats_plan(rows, n, tune, plan):
+    """row_stats' lanes a row and chunks (no CuPy needed): float32 vectors of 4, 32
+    elements a pass, 132 SMs, 528 blocks resident."""
+    from cupy_softmax import _kernels
+    assert _kernels.row_stats_plan(4, 4, False, 32, rows, n, 132, 528, tune) == plan
+
