@@ -608,13 +608,16 @@ __device__ __forceinline__ State<A> load_published(const A* m, const A* s, i64 i
     return p;
 }
 
-// One warp merges the G published states at base + q * stride (q < G); every lane gets it.
+// The `width` lanes of an aligned group (width a power of two <= 32; every lane of the
+// warp takes part) merge the G published states at base + q * stride (q < G); every
+// lane of the group gets the result.  G == 0 (a lane with no entry): the empty state.
 template <typename A>
 __device__ __forceinline__ State<A> warp_merge_published(const A* m, const A* s, i64 base,
-                                                         i64 stride, i64 G, int lane) {
+                                                         i64 stride, i64 G, int width) {
     State<A> g = empty_state<A>();
-    for (i64 q = lane; q < G; q += 32) g = merge(g, load_published(m, s, base + q * stride));
-    return warp_allreduce_state(g, 32);
+    const int lane = (int)threadIdx.x & (width - 1);
+    for (i64 q = lane; q < G; q += width) g = merge(g, load_published(m, s, base + q * stride));
+    return warp_allreduce_state(g, width);
 }
 template <int THREADS, typename A>
 __device__ __forceinline__ State<A> group_allreduce_state(State<A> st, int tpr, A* sm, A* ss) {

@@ -172,7 +172,7 @@ __device__ __forceinline__ void row_softmax(
                 if (tid == 0) { st_m[item] = st.m; st_s[item] = st.s; }
                 group_arrive_and_wait(counters + 2 * row, G);
                 if (tid < 32) {
-                    const State<A> g = warp_merge_published(st_m, st_s, row * G, 1, G, tid);
+                    const State<A> g = warp_merge_published(st_m, st_s, row * G, 1, G, 32);
                     if (tid == 0) { bc[0] = g.m; bc[1] = g.s; }
                 }
                 __syncthreads();
@@ -231,6 +231,24 @@ __device__ __forceinline__ void write_state(State<A> st, i64 p, i64 out_kind, A*
         if (osign) osign[p] = Conv<T>::from(sign_of(st.s));
         else if (negative(st.s)) l = qnan<A>();
         ov[p] = Conv<T>::from(l);
+    }
+}
+
+// Entries p = begin, begin + 1, ... (< end) of a (G, P) array of published states, THREADS /
+// width of them at a time (then on by step): each merged by `width` lanes and written
+// (out_kind as write_state).  Out of line, one short loop: the last block of a group runs
+// it once, at the end of the launch, with its instructions fetched cold; col_stats' merge
+// of a strip, unrolled over its VEC columns in every block, took ~6 us there
+// (bench/NOTES.md, session 25).
+template <typename T, int THREADS, typename A>
+__device__ __noinline__ void merge_published_entries(const A* m, const A* s, i64 G, i64 P,
+                                                    i64 begin, i64 end, i64 step, int width,
+                                                    i64 out_kind, A* om, A* os, T* ov, T* osign) {
+    for (i64 base = begin; base < end; base += step) {   // the same trips in every lane
+        const i64 p = base + (int)threadIdx.x / width;
+        const State<A> g = warp_merge_published(m, s, p, P, p < end ? G : 0, width);
+        if (((int)threadIdx.x & (width - 1)) == 0 && p < end)
+            write_state<T, A>(g, p, out_kind, om, os, ov, osign);
     }
 }
 
@@ -295,7 +313,7 @@ __device__ __forceinline__ void row_stats(
         // split rows (block_row): publish, and let the last block of the row merge
         if (tid == 0) { wm[c * rows + row] = st.m; ws[c * rows + row] = st.s; }
         if (group_arrive_last(cnt + row, G, &last_flag) && tid < 32) {
-            const State<A> g = warp_merge_published(wm, ws, row, rows, G, tid);
+            const State<A> g = warp_merge_published(wm, ws, row, rows, G, 32);
             if (tid == 0) write_state<T, A>(g, row, out_kind, om, os, ov, osign);
         }
     }
@@ -444,35 +462,6 @@ __device__ __forceinline__ void col_chunk_states(State<A>* st, const T* xo, i64 
     column_allreduce_state<THREADS, VEC>(st, rm, t.TX);
 }
 
-// Chunk c of the G chunks of a group publishes its column states (columns q0 + e of a
-// (G, P) workspace, e < ncols) and counts itself in at *cnt.  True in the block that
-// arrives last (which sets the counter back to zero): its st then hold the merge of
-// all G chunks.
-template <int THREADS, int VEC, typename A>
-__device__ __forceinline__ bool col_merge_chunks(State<A>* st, A* wm, A* ws, i64 c, i64 G, i64 P,
-                                                 i64 q0, i64 ncols, unsigned* cnt, int* flag,
-                                                 A* rm, const ColTile& t) {
-    if (t.ty == 0) {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-            if (e < ncols) {
-                wm[c * P + q0 + e] = st[e].m;
-                ws[c * P + q0 + e] = st[e].s;
-            }
-        }
-    }
-    if (!group_arrive_last(cnt, G, flag)) return false;
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) st[e] = empty_state<A>();
-    for (i64 k = t.ty; k < G; k += t.TY) {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e)
-            if (e < ncols) st[e] = merge(st[e], load_published(wm, ws, k * P + q0 + e));
-    }
-    column_allreduce_state<THREADS, VEC>(st, rm, t.TX);
-    return true;
-}
-
 // ---------------------------------------------------------------- columns: softmax in one pass
 // Slices of n that G blocks hold on chip together: each block stages TY * R rows of its
 // strip.  XCH 0: G > 1 blocks (a cooperative launch) exchange their states through
@@ -596,13 +585,27 @@ __device__ __forceinline__ void col_stats(
 
         State<A> st[VEC];
         col_chunk_states<T, VEC, THREADS, HAS_B, EPP>(st, xo, xs1, xs2, bo, bs1, bs2, inner, i, jb, je, t, rm);
-        if (G == 1 || col_merge_chunks<THREADS, VEC>(st, wm, ws, c, G, P, o * inner + i, inner - i,
-                                                     cnt + grp, &last_flag, rm, t)) {
-            if (t.ty == 0) {
+        if (t.ty == 0) {                           // G == 1: the states; else chunk c's, published
 #pragma unroll
-                for (int e = 0; e < VEC; ++e)
-                    if (i + e < inner) write_state<T, A>(st[e], o * inner + i + e, out_kind, om, os, ov, osign);
+            for (int e = 0; e < VEC; ++e) {
+                if (i + e >= inner) continue;
+                if (G == 1) {
+                    write_state<T, A>(st[e], o * inner + i + e, out_kind, om, os, ov, osign);
+                } else {
+                    wm[c * P + o * inner + i + e] = st[e].m;
+                    ws[c * P + o * inner + i + e] = st[e].s;
+                }
             }
+        }
+        if (G > 1 && group_arrive_last(cnt + grp, G, &last_flag)) {
+            // the last block of the strip merges each of its columns' G states
+            const i64 i0 = i - (i64)t.tx * VEC;    // the strip's first column
+            const i64 cols = inner - i0 < t.W ? inner - i0 : t.W;
+            int width = 32;                        // lanes a column: all the block's threads
+            while (width > 1 && (i64)width * cols > THREADS) width >>= 1;
+            merge_published_entries<T, THREADS>(wm, ws, G, P, o * inner + i0, o * inner + i0 + cols,
+                                                THREADS / width, width,
+                                                out_kind, om, os, ov, osign);
         }
     }
 }
@@ -616,24 +619,10 @@ __device__ __forceinline__ void merge_states(
     i64 k, i64 P, i64 lanes_log, i64 out_kind,
     typename AccOf<TO>::type* om, typename AccOf<TO>::type* os, TO* ov, TO* osign)
 {
-    typedef typename AccOf<TO>::type A;
     const int L = 1 << (int)lanes_log;
-    const int lane = threadIdx.x & (L - 1);
     const i64 per_block = THREADS / L;
-    for (i64 base = blockIdx.x * per_block; base < P; base += (i64)gridDim.x * per_block) {
-        const i64 p = base + threadIdx.x / L;
-        State<A> st = empty_state<A>();
-        if (p < P) {
-            for (i64 g = lane; g < k; g += L) {
-                State<A> q;
-                q.m = mp[g * P + p];
-                q.s = sp[g * P + p];
-                st = merge(st, q);
-            }
-        }
-        st = warp_allreduce_state(st, L);
-        if (lane == 0 && p < P) write_state<TO, A>(st, p, out_kind, om, os, ov, osign);
-    }
+    merge_published_entries<TO, THREADS>(mp, sp, k, P, blockIdx.x * per_block, P,
+                                         (i64)gridDim.x * per_block, L, out_kind, om, os, ov, osign);
 }
 
 }  // namespace cs

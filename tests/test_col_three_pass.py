@@ -6,6 +6,7 @@ on small problems, with every width of row a col_normalize block can cover (so t
 blocks straddle the end of a row, or cover several rows' worth of a narrow one).  Each
 case runs twice: the counters the stats leave behind must be zero again.  Also checked:
 normalising columns against a given state (the streaming API), col_normalize alone;
+logsumexp with col_stats' rows forced into chunks (the last block of a strip merges);
 and, without CuPy, the rule that splits col_stats' columns into chunks.
 """
 
@@ -74,6 +75,31 @@ def test_col_normalize_given_state(dtype_name):
     assert_close(cs.softmax_from_state(x, state, axis=1), ref_p, dtype, "prob", what="from state")
     assert_close(cs.log_softmax_from_state(x, state, axis=1), ref_l, dtype, "log",
                  what="log from state")
+
+
+@needs_gpu
+@pytest.mark.parametrize("G", [2, 7, 40])
+@pytest.mark.parametrize("shape, axis, view", SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype_name", ["float32", "float16", "float64"])
+def test_col_stats_split(dtype_name, shape, axis, view, G, monkeypatch):
+    """logsumexp along a column axis with its rows split into G chunks (col_stats' last
+    block of each strip merges the chunks' states), with weights and signs."""
+    from _helpers import logsumexp_dtype, ref_logsumexp
+    from cupy_softmax import _cupy_backend
+    dtype = dtype_of(dtype_name)
+    x_np = _input(dtype, shape, sum(shape) + G)
+    b_np = np.random.default_rng(G).standard_normal(shape).astype(dtype)
+    x, b = CUPY.asarray(x_np), CUPY.asarray(b_np)
+    if view is not None:
+        x_np, x, b_np, b = x_np[view], x[view], b_np[view], b[view]
+    monkeypatch.setitem(_cupy_backend.TUNE, "stats_G", G)
+    rdtype = logsumexp_dtype(x_np)
+    for _ in range(2):
+        assert_close(cs.logsumexp(x, axis=axis), ref_logsumexp(x_np, axis=axis), rdtype)
+        out, sign = cs.logsumexp(x, axis=axis, b=b, return_sign=True)
+        ref, ref_sign = ref_logsumexp(x_np, axis=axis, b=b_np, return_sign=True)
+        assert_close(out, ref, rdtype, what="weighted")
+        assert_close(sign, ref_sign, rdtype, "sign", what="sign")
 
 
 @pytest.mark.parametrize("groups, n, tune, plan", [
