@@ -287,7 +287,9 @@ def _col_normalize(x3, out3, log, m, s):
                              TUNE.get("norm_row_bytes", K.COL_NORM_ROW_BYTES))
     items = outer * K.cdiv(inner, vec << txlog) * K.cdiv(n, (K.THREADS >> txlog) * K.COL_NORM_R)
     args = (x3, *_estrides(x3), out3, outer, n, inner, txlog, int(log), m, s)
-    _launch(dname, K.col_normalize_name(DTYPE_KEY[dname], vec), min(items, 1 << 30), K.THREADS, args)
+    name = K.col_normalize_name(DTYPE_KEY[dname], vec)
+    grid = K.col_normalize_grid(x3.itemsize, items, _resident(dname, name, K.THREADS), _tune_key())
+    _launch(dname, name, grid, K.THREADS, args)
 
 
 def _col_stats(x3, b3, out_kind, om, os, ov, osign):

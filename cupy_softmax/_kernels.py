@@ -124,6 +124,12 @@ COL_ROW_BYTES = (128, 512)
 # of col_softmax before).
 COL_NORM_R = 4
 COL_NORM_ROW_BYTES = 4096
+# col_normalize's grid, by itemsize: at most this many waves of resident blocks, each
+# taking items in turn, so that a block whose items share their columns (a strip with
+# more items than the grid has blocks) forms their normalisers once; None: a block an
+# item.  (H200, softmax axis 0, us, a block an item / 2 waves: f16 32768x1024 80.0 /
+# 75.4, bf16 85.1 / 80.8, f32 113.0 / 118.0, f64 256.0 / 243.8; bench/NOTES.md, session 25.)
+COL_NORM_WAVES = {2: 2, 4: None, 8: 2}
 
 
 def stats_epps(itemsize, vec, has_b):
@@ -406,6 +412,13 @@ def col_stats_plan(itemsize, vec, has_b, epp, groups, n, ty, slots, tune):
     G = dict(tune).get("stats_G", G)
     CH = max(1, cdiv(n, G))
     return max(1, cdiv(n, CH)), CH
+
+
+def col_normalize_grid(itemsize, items, resident, tune):
+    """Blocks of a col_normalize launch of `items` work items, `resident` of which the
+    GPU holds at once."""
+    waves = dict(tune).get("norm_waves", COL_NORM_WAVES[itemsize])
+    return min(items, 1 << 30) if waves is None else min(items, max(1, int(waves * resident)))
 
 
 def col_cluster_strip(itemsize, n, inner):

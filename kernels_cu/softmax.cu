@@ -380,6 +380,7 @@ __device__ __forceinline__ void col_fetch(Chunk<T, VEC, THREADS, R, HOLD>& stage
 template <typename A, int VEC> struct ColNorm {
     A sh[VEC], k[VEC];
     bool kept;
+    __device__ __forceinline__ ColNorm() {}
     __device__ __forceinline__ ColNorm(const State<A>* st, i64 log_, const A* m_kept = nullptr)
         : kept(m_kept != nullptr) {
 #pragma unroll
@@ -544,17 +545,23 @@ __device__ __forceinline__ void col_normalize(
     const i64 G = (n + H - 1) / H;
     const i64 items = outer * t.strips * G;
 
+    ColNorm<A, VEC> nm;
+    i64 nm_grp = -1;                               // the group whose columns nm holds
     for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
         const auto [grp, c, o, i] = t.at(item, G);
         col_fetch(stage, x + o * xs0 + i * xs2, xs1, n, inner, i, c * H, t);
-        State<A> st[VEC];
+        if (grp != nm_grp) {                       // (a block's items share a group where G
+            State<A> st[VEC];                      // exceeds the grid)
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-            const bool ok = i + e < inner;
-            st[e].m = ok ? st_m[o * inner + i + e] : A(0);
-            st[e].s = ok ? st_s[o * inner + i + e] : A(1);
+            for (int e = 0; e < VEC; ++e) {
+                const bool ok = i + e < inner;
+                st[e].m = ok ? st_m[o * inner + i + e] : A(0);
+                st[e].s = ok ? st_s[o * inner + i + e] : A(1);
+            }
+            nm = ColNorm<A, VEC>(st, log_);
+            nm_grp = grp;
         }
-        col_write(stage, ColNorm<A, VEC>(st, log_), log_, out + o * n * inner, n, inner, i, c * H, t);
+        col_write(stage, nm, log_, out + o * n * inner, n, inner, i, c * H, t);
     }
 }
 

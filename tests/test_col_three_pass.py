@@ -7,7 +7,8 @@ blocks straddle the end of a row, or cover several rows' worth of a narrow one).
 case runs twice: the counters the stats leave behind must be zero again.  Also checked:
 normalising columns against a given state (the streaming API), col_normalize alone;
 logsumexp with col_stats' rows forced into chunks (the last block of a strip merges);
-and, without CuPy, the rule that splits col_stats' columns into chunks.
+and, without CuPy, the rule that splits col_stats' columns into chunks and col_normalize's
+grid.
 """
 
 import numpy as np
@@ -42,10 +43,13 @@ def _input(dtype, shape, seed):
 
 
 @needs_gpu
+@pytest.mark.parametrize("waves", [None, 1e-9], ids=["table", "one_block"])
 @pytest.mark.parametrize("row_bytes", ROW_BYTES)
 @pytest.mark.parametrize("shape, axis, view", SHAPES, ids=lambda v: str(v))
 @pytest.mark.parametrize("dtype_name", ["float32", "float16", "bfloat16", "float64"])
-def test_col_three_pass(dtype_name, shape, axis, view, row_bytes, monkeypatch):
+def test_col_three_pass(dtype_name, shape, axis, view, row_bytes, waves, monkeypatch):
+    """waves 1e-9: one col_normalize block takes every item in turn (its items share
+    columns, or move on to the next strip or slice)."""
     from cupy_softmax import _cupy_backend
     dtype = dtype_of(dtype_name)
     x_np = _input(dtype, shape, sum(shape))
@@ -54,6 +58,8 @@ def test_col_three_pass(dtype_name, shape, axis, view, row_bytes, monkeypatch):
         x_np, x = x_np[view], x[view]
     monkeypatch.setitem(_cupy_backend.TUNE, "three_pass", True)
     monkeypatch.setitem(_cupy_backend.TUNE, "norm_row_bytes", row_bytes)
+    if waves is not None:
+        monkeypatch.setitem(_cupy_backend.TUNE, "norm_waves", waves)
     with np.errstate(invalid="ignore"):
         ref_p = ref_softmax(x_np, axis, False)
         ref_l = ref_softmax(x_np, axis, True)
@@ -115,3 +121,17 @@ def test_col_stats_plan(groups, n, tune, plan):
     blocks resident."""
     from cupy_softmax import _kernels
     assert _kernels.col_stats_plan(2, 8, False, 64, groups, n, 32, 396, tune) == plan
+
+
+@pytest.mark.parametrize("itemsize, items, tune, grid", [
+    (2, 4096, (), 1056),              # f16 32768x1024 axis 0: two waves of 528 blocks
+    (2, 1000, (), 1000),              # fewer items than two waves: a block an item
+    (8, 4096, (), 1056),
+    (4, 8192, (), 8192),              # float32: a block an item
+    (4, 8192, (("norm_waves", 1e-9),), 1),    # one block takes every item
+    (2, 4096, (("norm_waves", None),), 4096),
+])
+def test_col_normalize_grid(itemsize, items, tune, grid):
+    """col_normalize's grid (no CuPy needed), 528 blocks resident."""
+    from cupy_softmax import _kernels
+    assert _kernels.col_normalize_grid(itemsize, items, 528, tune) == grid
