@@ -40,6 +40,8 @@ from . import _kernels as K
 #   "stats_epp": elements a thread per pass of row_stats (one of K.stats_epps);
 #   "col_row_bytes": bytes of a row that a column block's TX threads cover;
 #   "norm_row_bytes": the same for col_normalize (K.COL_NORM_ROW_BYTES);
+#   "norm_waves": col_normalize's grid in waves of resident blocks (K.COL_NORM_WAVES;
+#       None: a block an item);
 #   "col_cluster_strip": row bytes of the column cluster route's strips (0: not taken).
 TUNE = {}
 
