@@ -307,7 +307,8 @@ def _col_stats(x3, b3, out_kind, om, os, ov, osign):
     epp = K.stats_epps(isz, vec, has_b)[0]
     name = K.col_stats_name(DTYPE_KEY[dname], vec, has_b, epp)
     slots = _resident(dname, name, K.THREADS)
-    G, CH = K.col_stats_plan(isz, vec, has_b, epp, groups, n, TY, slots, _tune_key())
+    G, CH = K.col_stats_plan(isz, vec, has_b, epp, groups, n, TY, K.sm_count(), slots,
+                              _tune_key())
     bs = _estrides(b3) if has_b else (0, 0, 0)
     wm = ws = cnt = 0
     if G > 1:

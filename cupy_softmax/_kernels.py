@@ -400,18 +400,26 @@ def row_stats_plan(itemsize, vec, has_b, epp, rows, n, nsm, slots, tune):
 
 
 @functools.lru_cache(maxsize=4096)
-def col_stats_plan(itemsize, vec, has_b, epp, groups, n, ty, slots, tune):
+def col_stats_plan(itemsize, vec, has_b, epp, groups, n, ty, nsm, slots, tune):
     """(G, CH) for col_stats, whose blocks have ty threads along n: groups of columns
-    fewer than the blocks the GPU holds at once (slots) are split into G chunks of CH
-    rows, each at least two of the block's passes, so that every slot streams one (run
-    3's sweep: no more chunks than slots)."""
+    fewer than the blocks the GPU holds at once (slots) are split into G chunks of at
+    least two of the block's passes, no more chunks than slots (run 3's sweep).  The
+    kernel deals the passes to the chunks, so the busiest SM streams about
+    cdiv(groups * G, nsm) * cdiv(passes, G) of them: G minimises that, the largest G of
+    a tie (more warps).  (H200, us, G filling the slots -> this G: logsumexp axis 0 f16
+    32768x1024 35.8 -> 34.0 (G 24 -> 16), f32 262144x64 35.2 -> 31.7, f16 262144x128
+    49.3 -> 43.9; softmax axis 0 f16 32768x1024 73.6 -> 71.8; bench/NOTES.md, session 26.)
+    CH is the unit the kernel deals rows in: a pass, or n / G rows where that is less
+    (a forced G)."""
+    rows_per_pass = ty * stats_unroll(itemsize, vec, has_b, epp)
+    passes = cdiv(n, rows_per_pass)
     G = 1
     if groups < slots:
-        rows_per_pass = ty * stats_unroll(itemsize, vec, has_b, epp)
-        G = max(1, min(cdiv(n, 2 * rows_per_pass), slots // groups))
+        most = max(1, min(cdiv(passes, 2), slots // groups))
+        G = min(range(1, most + 1), key=lambda g: (cdiv(groups * g, nsm) * cdiv(passes, g), -g))
     G = dict(tune).get("stats_G", G)
-    CH = max(1, cdiv(n, G))
-    return max(1, cdiv(n, CH)), CH
+    CH = max(1, min(rows_per_pass, cdiv(n, G)))
+    return max(1, min(G, cdiv(n, CH))), CH
 
 
 def col_normalize_grid(itemsize, items, resident, tune):

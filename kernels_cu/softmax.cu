@@ -566,8 +566,10 @@ __device__ __forceinline__ void col_normalize(
 }
 
 // ---------------------------------------------------------------- columns: state / logsumexp
-// G > 1: each block states rows [c * CH, (c + 1) * CH) of its W columns into
-// wm/ws[c * P + column]; the last block of the column strip merges (counter cnt[grp]).
+// G > 1: the slice's rows, in units of CH (a pass of the block where n is long enough),
+// are dealt to G chunks that differ by at most a unit; each block states chunk c of its W
+// columns into wm/ws[c * P + column]; the last block of the column strip merges (counter
+// cnt[grp]).  Whole passes: a partial one costs as much as a full one (session 26).
 template <typename T, int VEC, int THREADS, bool HAS_B, int EPP>
 __device__ __forceinline__ void col_stats(
     const T* __restrict__ x, i64 xs0, i64 xs1, i64 xs2,
@@ -588,7 +590,9 @@ __device__ __forceinline__ void col_stats(
         const auto [grp, c, o, i] = t.at(item, G);
         const T* xo = x + o * xs0 + i * xs2;
         const T* bo = HAS_B ? b + o * bs0 + i * bs2 : b;
-        const i64 jb = c * CH, je = n < jb + CH ? n : jb + CH;
+        const i64 units = (n + CH - 1) / CH;
+        const i64 ub = c * units / G * CH, ue = (c + 1) * units / G * CH;
+        const i64 jb = n < ub ? n : ub, je = n < ue ? n : ue;
 
         State<A> st[VEC];
         col_chunk_states<T, VEC, THREADS, HAS_B, EPP>(st, xo, xs1, xs2, bo, bs1, bs2, inner, i, jb, je, t, rm);

@@ -85,11 +85,13 @@ def test_col_normalize_given_state(dtype_name):
 
 @needs_gpu
 @pytest.mark.parametrize("G", [2, 7, 40])
-@pytest.mark.parametrize("shape, axis, view", SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("shape, axis, view", SHAPES + [((1100, 64), 0, None)],
+                         ids=lambda v: str(v))
 @pytest.mark.parametrize("dtype_name", ["float32", "float16", "float64"])
 def test_col_stats_split(dtype_name, shape, axis, view, G, monkeypatch):
     """logsumexp along a column axis with its rows split into G chunks (col_stats' last
-    block of each strip merges the chunks' states), with weights and signs."""
+    block of each strip merges the chunks' states), with weights and signs.  1100 rows
+    and G 2: five passes of 256 rows dealt to two chunks."""
     from _helpers import logsumexp_dtype, ref_logsumexp
     from cupy_softmax import _cupy_backend
     dtype = dtype_of(dtype_name)
@@ -109,18 +111,20 @@ def test_col_stats_split(dtype_name, shape, axis, view, G, monkeypatch):
 
 
 @pytest.mark.parametrize("groups, n, tune, plan", [
-    (16, 32768, (), (24, 1366)),      # f16 32768x1024 axis 0: 16 strips fill 396 slots
-    (396, 32768, (), (1, 32768)),     # strips enough to fill the GPU: unsplit
+    (16, 32768, (), (16, 256)),       # f16 32768x1024 axis 0: 2 blocks of 8 passes an SM,
+                                      # not 3 of 5-6 (G 24 would fill the 396 slots)
+    (2, 262144, (), (132, 256)),      # 2 x 8 passes an SM, not 3 x 6 (G 198)
+    (396, 32768, (), (1, 256)),       # strips enough to fill the GPU: unsplit
     (1, 100, (), (1, 100)),           # one pass: unsplit
-    (1, 1000, (), (2, 500)),          # at least two passes a chunk
+    (1, 1000, (), (2, 256)),          # at least two passes a chunk
     (16, 10, (("stats_G", 4),), (4, 3)),
-    (16, 9, (("stats_G", 4),), (3, 3)),   # chunks of cdiv(n, G) rows: fewer where they end early
+    (16, 9, (("stats_G", 4),), (3, 3)),   # units of cdiv(n, G) rows: fewer where they end early
 ])
 def test_col_stats_plan(groups, n, tune, plan):
-    """col_stats' chunks (no CuPy needed): float16 vectors, 32 threads along n, 396
-    blocks resident."""
+    """col_stats' chunks (no CuPy needed): float16 vectors, 32 threads along n (passes
+    of 256 rows), 132 SMs, 396 blocks resident."""
     from cupy_softmax import _kernels
-    assert _kernels.col_stats_plan(2, 8, False, 64, groups, n, 32, 396, tune) == plan
+    assert _kernels.col_stats_plan(2, 8, False, 64, groups, n, 32, 132, 396, tune) == plan
 
 
 @pytest.mark.parametrize("itemsize, items, tune, grid", [
