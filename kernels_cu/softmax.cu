@@ -590,9 +590,13 @@ __device__ __forceinline__ void col_stats(
         const auto [grp, c, o, i] = t.at(item, G);
         const T* xo = x + o * xs0 + i * xs2;
         const T* bo = HAS_B ? b + o * bs0 + i * bs2 : b;
-        const i64 units = (n + CH - 1) / CH;
-        const i64 ub = c * units / G * CH, ue = (c + 1) * units / G * CH;
-        const i64 jb = n < ub ? n : ub, je = n < ue ? n : ue;
+        i64 jb = 0, je = n;
+        if (G > 1) {                               // no 64-bit division for a whole slice
+            const i64 units = (n + CH - 1) / CH;
+            const i64 ub = c * units / G * CH, ue = (c + 1) * units / G * CH;
+            jb = n < ub ? n : ub;
+            je = n < ue ? n : ue;
+        }
 
         State<A> st[VEC];
         col_chunk_states<T, VEC, THREADS, HAS_B, EPP>(st, xo, xs1, xs2, bo, bs1, bs2, inner, i, jb, je, t, rm);
