@@ -167,8 +167,10 @@ def _row_softmax(x3, out3, log, st_m=None, st_s=None):
 def _stats_epp(itemsize, vec, has_b, n):
     """Elements a thread of row_stats has in flight per pass (which instance): the
     default, but for 16-bit rows that a group of 8 to 32 lanes does not cover in one
-    pass of it, 32 (more warps: H200 float16 logsumexp 4096x4096 15.4 -> 13.9 us,
-    65536x128 11.4 -> 10.4, 128x131072 16.8 -> 15.6; 32768x1024 24.7 against 27.9)."""
+    pass of it, 32 (H200, float16 logsumexp, both instances at 4 blocks an SM, 64 -> 32
+    elements: 4096x4096 14.9 -> 14.3 us, 128x131072 16.5 -> 15.9, 65536x128 11.2 ->
+    10.3, 1x262144 7.3 -> 6.9; the other way 4x1048576 10.2 -> 10.5, 2048x8192 14.5 ->
+    15.2)."""
     epps = K.stats_epps(itemsize, vec, has_b)
     if TUNE.get("stats_epp") in epps:
         return TUNE["stats_epp"]

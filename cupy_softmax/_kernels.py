@@ -136,8 +136,8 @@ def stats_epps(itemsize, vec, has_b):
     """Elements a thread of the stats kernels has in flight per pass, one instance each,
     the default first: 32 registers of them (16-bit ones packed two to a register in
     16-byte vectors), 16 elements with weights (held as floats).  16-bit vectors also
-    have a row instance of 32 (fewer registers, more warps: see _cupy_backend._stats_epp;
-    the columns keep 64)."""
+    have a row instance of 32 (shorter passes: see _cupy_backend._stats_epp; the columns
+    keep 64)."""
     if itemsize == 8:
         return (8 if has_b else 16,)
     if has_b:
@@ -190,7 +190,7 @@ def instances(dtype_name):
             for epp in stats_epps(itemsize, vec, has_b):
                 out.append(("CS_ROW_STATS", row_stats_name(key, vec, has_b, epp),
                             (ctype, vec, THREADS, "true" if has_b else "false", epp,
-                             stats_min_blocks(itemsize, has_b, packed_epp=epp if vec > 1 else None))))
+                             stats_min_blocks(itemsize, vec, has_b))))
         for r in COL_R[itemsize]:
             minb = col_softmax_min_blocks(itemsize, vec, r)
             for xch in (0, COL_CLUSTER) if vec > 1 and r == COL_R[itemsize][-1] else (0,):
@@ -203,7 +203,7 @@ def instances(dtype_name):
             epp = stats_epps(itemsize, vec, has_b)[0]
             out.append(("CS_COL_STATS", col_stats_name(key, vec, has_b, epp),
                         (ctype, vec, THREADS, "true" if has_b else "false", epp,
-                         stats_min_blocks(itemsize, has_b, cols=True))))
+                         stats_min_blocks(itemsize, vec, has_b, cols=True))))
     out.append(("CS_MERGE_STATES", merge_states_name(key), (ctype, THREADS)))
     return out
 
@@ -245,14 +245,17 @@ def col_softmax_min_blocks(itemsize, vec, r):
     return min_blocks(THREADS, col_softmax_smem(itemsize, vec, r), regs)
 
 
-def stats_min_blocks(itemsize, has_b, cols=False, packed_epp=None):
-    """row_stats: 64 registers (32 warps per SM) where that does not spill (16-bit: 80,
-    but 64 for 32 packed elements a pass); col_stats 80."""
+def stats_min_blocks(itemsize, vec, has_b, cols=False):
+    """row_stats: 64 registers (32 warps per SM) where that does not spill; 80 with
+    weights and for scalar 16-bit loads.  col_stats 80: at 64 it ran slower (H200, session
+    27, f16 logsumexp axis 0 32768x1024 34.3 -> 40.8 us, 262144x128 43.7 -> 60.4), while
+    16-bit rows of 64 packed elements a pass gained from 80 to 64 (32768x1024 23.4 -> 21.8,
+    65536x512 23.4 -> 21.8)."""
     if itemsize == 8:
         return 2
     if cols:
         return 3
-    return 3 if has_b or (itemsize == 2 and packed_epp != 32) else 4
+    return 3 if has_b or (itemsize == 2 and vec == 1) else 4
 
 
 def row_softmax_name(key, vec, threads, ept, xch, hold):

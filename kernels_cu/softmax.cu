@@ -569,7 +569,8 @@ __device__ __forceinline__ void col_normalize(
 // G > 1: the slice's rows, in units of CH (a pass of the block where n is long enough),
 // are dealt to G chunks that differ by at most a unit; each block states chunk c of its W
 // columns into wm/ws[c * P + column]; the last block of the column strip merges (counter
-// cnt[grp]).  Whole passes: a partial one costs as much as a full one (session 26).
+// cnt[grp]).  Whole passes: a partial one costs more than a full one (a predicated scalar
+// load an element; session 26).
 template <typename T, int VEC, int THREADS, bool HAS_B, int EPP>
 __device__ __forceinline__ void col_stats(
     const T* __restrict__ x, i64 xs0, i64 xs1, i64 xs2,
