@@ -13,7 +13,8 @@ in the same run.  Model bandwidth = bytes that must move (input once, output onc
 for logsumexp one value per row) / time.
 
 Writes DIR/bench_gpu.md (the table), DIR/bench_gpu.png (bandwidth against row
-length) and DIR/bench_gpu.json.  --sweep also times the kernel variants of the size
+length) and DIR/bench_gpu.json; without --quick also DIR/ceilings.md (bench/ceilings.py:
+what a plain read and a memcpy of the same bytes reach in the same run).  --sweep also times the kernel variants of the size
 table on the key shapes (DIR/sweep.md).  scipy.special with SCIPY_ARRAY_API=1 on
 CuPy arrays is tried and reported where it runs.
 """
@@ -378,6 +379,10 @@ def main():
     with open(os.path.join(args.out, "bench_gpu.json"), "w") as f:
         json.dump({"gpu": gpu_desc, "copy_gbps": copy_gbps, "host_us": host_us, "rows": rows}, f, indent=1)
     plot(rows, copy_gbps, os.path.join(args.out, "bench_gpu.png"))
+    if not args.quick:
+        import ceilings
+        print()
+        print(ceilings.run(args.out, max(10, reps // 2), copy_gbps), flush=True)
     if args.sweep:
         sw = sweep(max(10, reps // 2), l2, copy_gbps)
         print()
