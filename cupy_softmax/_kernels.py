@@ -37,7 +37,9 @@ HOLD_ENUM = {REGS: "cs::IN_REGISTERS", REGS_NO_L1: "cs::IN_REGISTERS_NO_L1", STA
 # whose max_n covers the row is taken.  A block's threads x ept elements are its chunk,
 # read once and written once, held as `hold` says (staged chunks are in flight without
 # holding registers, so large chunks keep many blocks per SM; runs 5 and 6 of the
-# notes: registers win on float32 rows up to 4096, staging on 16-bit ones).  tpr
+# notes: registers win on float32 rows up to 1024, staging on 16-bit ones; float32
+# rows of 2049-4096 staged since session 27, H200 softmax 16384x3000 105.2 -> 102.0
+# us, 8192x2500 52.0 -> 51.0, 4096x4096 even).  tpr
 # threads share a row (a power of two: sub-warp, warp, or the whole block); tpr 0 means
 # "the smallest power of two <= 32 that covers the row", so short rows still give every
 # thread ept elements.  G > 1: a row is split over a cluster of G blocks (sm_90) that
@@ -57,7 +59,7 @@ ROW_TABLE = {
         (640, 256, 32, 32, 1, REGS),        # warp per row
         (1024, 64, 16, 64, 1, REGS),        # block per row
         (2048, 128, 16, 128, 1, STAGED),
-        (4096, 256, 16, 256, 1, REGS),
+        (4096, 256, 16, 256, 1, STAGED),
         (8192, 256, 32, 256, 1, STAGED),
         (16384, 256, 32, 256, 2, STAGED),   # cluster of G blocks per row, 32 KB each
         (32768, 256, 32, 256, 4, STAGED),
