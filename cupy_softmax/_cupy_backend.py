@@ -108,6 +108,24 @@ def _aligned(a, *elem_strides):
 # ---------------------------------------------------------------------------------
 # rows (inner == 1)
 
+def _row_vec(x3, out3=None):
+    """(vec, span) of the row kernels.  16-byte vectors where the rows are contiguous and
+    (with an output) every row starts as far from a 16-byte boundary as its output row:
+    the kernels read and write a row in vectors from the boundary at or below its start,
+    masking the slots outside it.  span: the slots a row may cover, n where every row
+    starts on a boundary, else n + vec - 1 (the size table's choice is made for span)."""
+    rows, n, _ = x3.shape
+    xs0, xs1, _ = _estrides(x3)
+    isz = x3.itemsize
+    vec = K.vec_width(isz)
+    if xs1 != 1 or x3.data.ptr % isz:
+        return 1, n
+    if out3 is not None and ((x3.data.ptr - out3.data.ptr) % 16
+                             or rows > 1 and (xs0 - n) * isz % 16):
+        return 1, n
+    return vec, n if _aligned(x3, *((xs0,) if rows > 1 else ())) else n + vec - 1
+
+
 def _tune_key():
     return tuple(sorted(TUNE.items()))
 
@@ -119,12 +137,10 @@ def _row_softmax(x3, out3, log, st_m=None, st_s=None):
     isz = x3.itemsize
     xs0, xs1, _ = _estrides(x3)
     nsm = K.sm_count()
-    vec_ok = xs1 == 1 and _aligned(x3, *((xs0,) if rows > 1 else ())) \
-        and _aligned(out3, *((n,) if rows > 1 else ()))
-    vec = K.vec_width(isz) if vec_ok else 1
+    vec, span = _row_vec(x3, out3)
     external = st_m is not None
     threads, ept, tpr, G, xch, hold = K.row_softmax_plan(
-        isz, rows, n, nsm, not external, vec > 1 and K.has_clusters(), _tune_key())
+        isz, rows, span, nsm, not external, vec > 1 and K.has_clusters(), _tune_key())
     if xch >= 2 and vec == 1:                            # a forced row_entry (tests)
         raise ValueError("cluster instances need 16-byte vectors")
     name = K.row_softmax_name(DTYPE_KEY[dname], vec, threads, ept, xch, hold)
@@ -182,13 +198,12 @@ def _row_stats(x3, b3, rows, n, out_kind, om=None, os=None, ov=None, osign=None)
     dname = _dtype_name(x3.dtype)
     isz = x3.itemsize
     xs0, xs1, _ = _estrides(x3)
-    vec_ok = xs1 == 1 and _aligned(x3, *((xs0,) if rows > 1 else ()))
-    vec = K.vec_width(isz) if vec_ok else 1
+    vec, span = _row_vec(x3)
     has_b = b3 is not None
-    epp = _stats_epp(isz, vec, has_b, n)
+    epp = _stats_epp(isz, vec, has_b, span)
     name = K.row_stats_name(DTYPE_KEY[dname], vec, has_b, epp)
     slots = _resident(dname, name, K.THREADS)
-    tpr, G, CH = K.row_stats_plan(isz, vec, has_b, epp, rows, n, K.sm_count(), slots, _tune_key())
+    tpr, G, CH = K.row_stats_plan(isz, vec, has_b, epp, rows, span, K.sm_count(), slots, _tune_key())
     bs0, bs1 = _estrides(b3)[:2] if has_b else (0, 0)
     items = rows * G if tpr == K.THREADS else K.cdiv(rows, K.THREADS // tpr)
     wm = ws = cnt = 0

@@ -363,7 +363,10 @@ def row_softmax_plan(itemsize, rows, n, nsm, split_ok, clusters, tune):
         return threads, ept, threads, (xch if xch >= 2 else cdiv(n, threads * ept)), xch, STAGED
     if "row_block" in tune:                              # (threads, ept, tpr, hold)
         threads, ept, tpr, hold = tune["row_block"]
-        return threads, ept, row_tpr((n, threads, ept, tpr), n), 1, 0, hold
+        tpr = row_tpr((n, threads, ept, tpr), n)
+        if n > tpr * ept:
+            raise ValueError(f"row_block {tune['row_block']} does not cover n = {n}")
+        return threads, ept, tpr, 1, 0, hold
     entry = row_entry(itemsize, n, clusters)
     # A row that one block holds stays that block's however few the rows are: the split
     # route's exchange costs more than the idle SMs (H200, 1-65 rows: f32 4096 6.9 ->

@@ -116,6 +116,14 @@ __device__ __forceinline__ uint4 ld_global16_no_l1(const void* p) {
     return u;
 }
 
+// Elements from the 16-byte boundary at or below p up to p (VEC > 1; 0 for scalars).
+// The row kernels read a row in vectors from that boundary on, its first h slots masked:
+// rows whose length or stride is no multiple of 16 bytes still move in 16-byte vectors.
+template <typename T, int VEC> __device__ __forceinline__ int head_slots(const T* p) {
+    if constexpr (VEC == 1) return 0;
+    else return (int)((reinterpret_cast<unsigned long long>(p) & 15) / sizeof(T));
+}
+
 // The same 16 bytes without conversion (16-bit elements stay packed in registers).
 // NO_L1: the lines are not allocated in L1 (see Hold below).
 template <typename T, int VEC, bool NO_L1 = false>

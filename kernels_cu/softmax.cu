@@ -109,17 +109,22 @@ __device__ __forceinline__ void row_softmax(
     for (i64 item = blockIdx.x; item < rt.items; item += gridDim.x) {
         const auto [row, c, active] = rt.at(item, rows);
         const T* xr = x + (active ? row : 0) * xs0;
+        // Slots j count from the 16-byte boundary at or below the row's start, h of them
+        // before it (its output row starts as far from a boundary: _cupy_backend._row_vec).
+        const int h = head_slots<T, VEC>(xr);
         const i64 j0 = c * CH;
 
         // Thread `lane` holds vectors v * tpr + lane of the chunk (coalesced per v).
-        // rem: elements of the row from its first one on (clamped to the chunk: 32 bits).
-        i64 rem64 = active ? n - j0 - (i64)lane * VEC : 0;
+        // rem: slots of the row from this thread's first one on (clamped to the chunk: 32
+        // bits); lo: the slots of its vector 0 before the row.
+        i64 rem64 = active ? n + h - j0 - (i64)lane * VEC : 0;
         const int rem = (int)(rem64 < CH ? rem64 : CH);
+        const int lo = j0 == 0 && lane == 0 ? h : 0;
         // Every vector of the warp's lanes whole (one path for the warp: rows of 1000
         // would run both where some lanes' last vector is partial).  Cluster rows only
         // (8-16 vectors a thread): block and split rows gained nothing, and f32 rows of
         // 8192 lost 4% to a spill (H200, session 23).
-        const bool whole = XCH >= 2 && __all_sync(0xffffffffu, rem - (NV - 1) * tpr * VEC >= VEC);
+        const bool whole = XCH >= 2 && __all_sync(0xffffffffu, lo == 0 && rem - (NV - 1) * tpr * VEC >= VEC);
         if constexpr (VEC == 1) {                  // any element stride
             const T* p = xr + (j0 + lane) * xs1;
             const i64 step = (i64)tpr * xs1;
@@ -129,19 +134,19 @@ __device__ __forceinline__ void row_softmax(
                 if (v * tpr < rem) stage.fetch(v, p + v * step);
                 else stage.put(v, &ninf);
             }
-        } else {                                   // contiguous, 16-byte aligned rows
-            const T* p = xr + j0 + (i64)lane * VEC;
+        } else {                                   // contiguous rows
+            const T* p = xr - h + j0 + (i64)lane * VEC;
             with_whole(whole, [&](auto w) {
 #pragma unroll
                 for (int v = 0; v < NV; ++v) {
-                    const int off = v * tpr * VEC;
-                    if (decltype(w)::value || rem - off >= VEC) {
+                    const int off = v * tpr * VEC, first = v == 0 ? lo : 0;
+                    if (decltype(w)::value || (rem - off >= VEC && first == 0)) {
                         stage.fetch(v, p + off);
                     } else {
                         T e[VEC];
 #pragma unroll
                         for (int i = 0; i < VEC; ++i)
-                            e[i] = i < rem - off ? ldg(p + off + i) : raw_neg_inf<T>();
+                            e[i] = i >= first && i < rem - off ? ldg(p + off + i) : raw_neg_inf<T>();
                         stage.put(v, e);
                     }
                 }
@@ -190,7 +195,8 @@ __device__ __forceinline__ void row_softmax(
         const A inv = log_ ? A(0) : softmax_inv(st);
         // exp(x - m) = exp(x - m_chunk) * exp(m_chunk - m): one scale for the kept exps.
         const A scale = keep_exp ? mul_nf(rescale(m_chunk, st.m), inv) : inv;
-        T* po = out + (active ? row : 0) * n + j0 + (i64)lane * VEC;   // output rows are contiguous
+        // output rows are contiguous
+        T* po = out + (active ? row : 0) * n - h + j0 + (i64)lane * VEC;
         with_whole(whole, [&](auto w) {
 #pragma unroll
             for (int v = 0; v < NV; ++v) {
@@ -199,13 +205,13 @@ __device__ __forceinline__ void row_softmax(
 #pragma unroll
                 for (int i = 0; i < VEC; ++i)
                     o[i] = log_ ? (o[i] - sh) - ls : mul_nf(keep_exp ? o[i] : OutExp<T>::f(o[i] - sh), scale);
-                const int off = v * tpr * VEC;
-                if (decltype(w)::value || (VEC > 1 && rem - off >= VEC)) {
+                const int off = v * tpr * VEC, first = v == 0 ? lo : 0;
+                if (decltype(w)::value || (VEC > 1 && rem - off >= VEC && first == 0)) {
                     store_vec<T, VEC>(po + off, o);
                 } else {
 #pragma unroll
                     for (int i = 0; i < VEC; ++i)
-                        if (i < rem - off) po[off + i] = Conv<T>::from(o[i]);
+                        if (i >= first && i < rem - off) po[off + i] = Conv<T>::from(o[i]);
                 }
             }
         });
@@ -273,32 +279,37 @@ __device__ __forceinline__ void row_stats(
 
     for (i64 item = blockIdx.x; item < rt.items; item += gridDim.x) {
         const auto [row, c, active] = rt.at(item, rows);
+        // Slots j from the 16-byte boundary at or below the row's start, h before it
+        // (row_softmax's way); the weights are read at the element's own index j - h.
         const T* xr = x + (active ? row : 0) * xs0;
+        const int h = head_slots<T, VEC>(xr);
+        const T* xv = xr - h;
         const T* br = HAS_B ? b + (active ? row : 0) * bs0 : b;
         const i64 jb = c * CH;
-        const i64 je = active ? (n < jb + CH ? n : jb + CH) : jb;
+        const i64 je = active ? (n + h < jb + CH ? n + h : jb + CH) : jb;
 
         State<A> st = empty_state<A>();
         for (i64 base = jb + (i64)lane * VEC; base < je; base += step * U) {
             RawTile<T, U * VEC> a;                 // raw elements (16-bit ones stay packed)
             A w[HAS_B ? U * VEC : 1];
             // (the lanes still in the loop vote: one path for the warp)
-            with_whole(__all_sync(__activemask(), VEC > 1 && base + (U - 1) * step + VEC <= je), [&](auto whole) {
+            with_whole(__all_sync(__activemask(), VEC > 1 && base >= h && base + (U - 1) * step + VEC <= je),
+                       [&](auto whole) {
 #pragma unroll
                 for (int u = 0; u < U; ++u) {
                     const i64 j = base + u * step;
-                    if (decltype(whole)::value || (VEC > 1 && j + VEC <= je)) {
-                        a.load16(u * VEC, xr + j);
+                    if (decltype(whole)::value || (VEC > 1 && j >= h && j + VEC <= je)) {
+                        a.load16(u * VEC, xv + j);
                     } else {
 #pragma unroll
                         for (int e = 0; e < VEC; ++e)
-                            a.set(u * VEC + e, (j + e < je) ? ldg(xr + (j + e) * xs1) : raw_neg_inf<T>());
+                            a.set(u * VEC + e, j + e >= h && j + e < je ? ldg(xv + (j + e) * xs1) : raw_neg_inf<T>());
                     }
                     if constexpr (HAS_B) {
 #pragma unroll
                         for (int e = 0; e < VEC; ++e)
-                            w[u * VEC + e] = (decltype(whole)::value || j + e < je)
-                                ? load_acc(br + (j + e) * bs1) : A(0);
+                            w[u * VEC + e] = decltype(whole)::value || (j + e >= h && j + e < je)
+                                ? load_acc(br + (j + e - h) * bs1) : A(0);
                     }
                 }
             });

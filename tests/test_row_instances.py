@@ -33,9 +33,12 @@ def _cases():
                 tunes = [({"row_entry": (threads, ept, xch)}, chunk * (xch - 1) + 8)]
             elif xch == 1:      # split rows exchanging through global memory: test_special's sizes
                 continue
-            else:               # a sub-warp / warp per row, and a block per row
-                tunes = [({"row_block": (threads, ept, 0, hold)}, min(32 * ept, chunk) - 3),
-                         ({"row_block": (threads, ept, threads, hold)}, chunk - 3)]
+            else:               # a sub-warp / warp per row, and a block per row; rows
+                # that start anywhere in a vector (contiguous rows of an odd length) cover
+                # up to n + vec - 1 slots
+                short = K.vec_width(itemsize) + 3
+                tunes = [({"row_block": (threads, ept, 0, hold)}, min(32 * ept, chunk) - short),
+                         ({"row_block": (threads, ept, threads, hold)}, chunk - short)]
             for name in names:
                 for tune, n in tunes:
                     kind = next(iter(tune))
@@ -94,6 +97,27 @@ def test_row_stats_instance(dtype_name, epp, rows, n, G, monkeypatch):
     for _ in range(2):              # split rows: the counters must be zero again
         assert_close(cs.logsumexp(x, axis=-1), ref_logsumexp(x_np, axis=-1), dtype, "log",
                      what=f"logsumexp e{epp}")
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype_name", ["float32", "float16", "float64"])
+def test_row_vectors(dtype_name):
+    """Contiguous rows of any length move in 16-byte vectors (rows off a 16-byte boundary
+    cover up to vec - 1 more slots); softmax keeps them only where each input row starts
+    as far from a boundary as its output row, logsumexp for any contiguous rows."""
+    from cupy_softmax import _cupy_backend as B, _kernels as K
+    dtype = dtype_of(dtype_name)
+    vec = K.vec_width(np.dtype(dtype).itemsize)
+    base = CUPY.zeros((3, 1025), dtype)
+    for x, vec_softmax, vec_lse, span in [
+            (CUPY.zeros((3, 1024), dtype), vec, vec, 1024),   # every row on a boundary
+            (base.reshape(-1)[:3 * 1023].reshape(3, 1023), vec, vec, 1023 + vec - 1),
+            (base[:, :1024], 1, vec, 1024 + vec - 1),    # stride 1025, output rows 1024
+            (base[:, 1:], 1, vec, 1024 + vec - 1),       # rows one element off
+            (base[:, ::2], 1, 1, 513)]:                   # strided rows
+        x3 = x[:, :, None]
+        assert B._row_vec(x3, CUPY.empty(x3.shape, dtype))[0] == vec_softmax
+        assert B._row_vec(x3) == (vec_lse, span)
 
 
 @pytest.mark.parametrize("itemsize, rows, n, clusters, route", [
