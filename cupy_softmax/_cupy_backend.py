@@ -8,10 +8,11 @@ and route rules in ``_kernels.py``:
 * inner == 1 (rows): ``row_softmax`` holds a row (or a chunk of it) in registers or
   staged in shared memory; rows longer than one block's chunk are split over a
   cluster of G blocks (sm_90; both from ``K.ROW_TABLE``), or, for rows past the
-  table, rows of a cluster that would leave SMs idle, misaligned rows and GPUs without
-  clusters, over G blocks that exchange partial states through global memory
-  (cooperative launch, mode 1).  Past what the GPU can hold at once: state
-  (``row_stats``), then normalise (mode 2).
+  table, rows of a cluster that would leave SMs idle, rows without 16-byte vectors and
+  GPUs without clusters, over G blocks that exchange partial states through global
+  memory (cooperative launch, mode 1).  Past what the GPU can hold at once: state
+  (``row_stats``), then normalise (mode 2).  Contiguous rows of any length move in
+  16-byte vectors (``_row_vec``).
 * inner > 1 (columns): ``col_softmax`` reads W consecutive columns coalesced and
   walks n, split over G blocks in the same way when n is a few blocks long (a
   cluster of ``K.COL_CLUSTER`` blocks where the slice fills one), and
