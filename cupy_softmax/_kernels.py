@@ -68,6 +68,7 @@ ROW_TABLE = {
     2: [(512, 256, 32, 0, 1, STAGED),       # float16 / bfloat16: vectors of 8
         (768, 256, 64, 0, 1, STAGED),       # half-warp rows (session 27, 65536x600 63.2 -> 55.3 us)
         (1024, 256, 32, 0, 1, STAGED),
+        (1280, 256, 40, 0, 1, STAGED),      # (rows of 1017-1024 off a 16-byte boundary)
         (2048, 256, 64, 0, 1, STAGED),
         (4096, 128, 32, 128, 1, STAGED),
         (8192, 256, 32, 256, 1, STAGED),
